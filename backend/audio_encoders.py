@@ -1,0 +1,184 @@
+"""Speech encoders behind one interface: 16 kHz mono waveform → features at the mesh frame rate.
+
+- `TransformerSpeechEncoder`: HuBERT or wav2vec2 from `transformers`, built from a config (weights
+  come from a checkpoint or a LOCAL pretrained directory; nothing is fetched from a hub). Runs the
+  official ScanTalk way: per-utterance normalisation, conv features resampled to the frame count
+  before the projection and the transformer.
+- `LogMelEncoder`: log-mel features → small conv stack; needs no pretrained weights (the bundled
+  default model uses it).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SAMPLE_RATE = 16000
+
+
+def normalize_waveform(wav: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance per utterance, as Wav2Vec2Processor does (population variance)."""
+    mean = wav.mean(dim=-1, keepdim=True)
+    var = wav.var(dim=-1, keepdim=True, unbiased=False)
+    return (wav - mean) / torch.sqrt(var + 1e-7)
+
+
+def resample_frames(feats: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """[B, C, N] → [B, C, n_frames], linear with align_corners=True (the official rule)."""
+    return F.interpolate(feats, size=n_frames, mode="linear", align_corners=True)
+
+
+class AudioEncoder(nn.Module):
+    """Interface: `forward(wav [1, N] float32 at 16 kHz, n_frames) -> [1, n_frames, out_dim]`."""
+
+    out_dim: int
+    # Seconds of context each side of a window when long audio is encoded in pieces.
+    window_seconds: float = 20.0
+    overlap_seconds: float = 2.0
+
+    def num_frames(self, num_samples: int, fps: float) -> int:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# HuBERT / wav2vec2
+
+
+def hubert_config(**overrides):
+    """A HubertConfig with HuBERT-base defaults (the architecture ScanTalk uses)."""
+    from transformers import HubertConfig
+
+    base = dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_bias=False, feat_extract_norm="group", do_stable_layer_norm=False,
+        num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16,
+    )
+    base.update(overrides)
+    return HubertConfig(**base)
+
+
+class TransformerSpeechEncoder(AudioEncoder):
+    """HuBERT (default) or wav2vec2; `config` is a dict of the transformers config fields."""
+
+    def __init__(self, kind: str = "hubert", config: dict | None = None, pretrained_dir: str | None = None):
+        super().__init__()
+        import transformers
+
+        self.kind = kind
+        if kind == "hubert":
+            cfg_cls, model_cls = transformers.HubertConfig, transformers.HubertModel
+        elif kind == "wav2vec2":
+            cfg_cls, model_cls = transformers.Wav2Vec2Config, transformers.Wav2Vec2Model
+        else:
+            raise ValueError(f"unknown speech encoder kind {kind!r} (hubert or wav2vec2)")
+        if pretrained_dir is not None:
+            # A local folder written by save_pretrained; local_files_only forbids any download.
+            self.model = model_cls.from_pretrained(pretrained_dir, local_files_only=True)
+        else:
+            cfg = hubert_config(**(config or {})) if kind == "hubert" else cfg_cls(**(config or {}))
+            self.model = model_cls(cfg)
+        self.model.eval()
+        self.out_dim = self.model.config.hidden_size
+
+    def config_dict(self) -> dict:
+        c = self.model.config
+        keys = ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "conv_dim", "conv_kernel", "conv_stride", "conv_bias", "feat_extract_norm",
+                "do_stable_layer_norm", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups"]
+        return {k: (list(v) if isinstance(v, tuple) else v) for k in keys for v in [getattr(c, k)]}
+
+    def conv_frames(self, num_samples: int) -> int:
+        n = num_samples
+        for k, s in zip(self.model.config.conv_kernel, self.model.config.conv_stride):
+            n = (n - k) // s + 1
+        return n
+
+    def num_frames(self, num_samples: int, fps: float) -> int:
+        # The official inference rule: int(N50 / 50 * fps).
+        return int(self.conv_frames(num_samples) / 50.0 * fps)
+
+    def forward(self, wav: torch.Tensor, n_frames: int) -> torch.Tensor:
+        x = normalize_waveform(wav)
+        feats = self.model.feature_extractor(x)  # [1, 512, N50]
+        feats = resample_frames(feats, n_frames).transpose(1, 2)
+        proj = self.model.feature_projection(feats)
+        hidden = proj[0] if isinstance(proj, tuple) else proj
+        return self.model.encoder(hidden).last_hidden_state
+
+
+# --------------------------------------------------------------------------------------------
+# Log-mel
+
+
+def mel_filterbank(n_fft: int, n_mels: int, sr: int = SAMPLE_RATE, fmin: float = 20.0, fmax: float = 7600.0) -> np.ndarray:
+    """Slaney-style triangular filters on the HTK mel scale, [n_mels, n_fft // 2 + 1]."""
+    def hz_to_mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    def mel_to_hz(m):
+        return 700.0 * (10 ** (np.asarray(m) / 2595.0) - 1.0)
+
+    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    lower = (freqs[None, :] - edges[:-2, None]) / (edges[1:-1] - edges[:-2])[:, None]
+    upper = (edges[2:, None] - freqs[None, :]) / (edges[2:] - edges[1:-1])[:, None]
+    fb = np.maximum(0.0, np.minimum(lower, upper))
+    fb *= (2.0 / (edges[2:] - edges[:-2]))[:, None]  # equal area per filter
+    return fb.astype(np.float32)
+
+
+class LogMelEncoder(AudioEncoder):
+    """80-bin log-mel at 100 Hz → conv stack → features at the frame rate.
+
+    The log has a floor so digital silence maps to a finite, constant input (a still face);
+    features are normalised per utterance like the waveform of the transformer encoders.
+    """
+
+    def __init__(self, n_mels: int = 80, hidden: int = 128, out_dim: int = 128, n_layers: int = 2,
+                 kernel: int = 5, hop: int = 160, n_fft: int = 400):
+        super().__init__()
+        self.n_mels, self.hidden, self.n_layers, self.kernel = n_mels, hidden, n_layers, kernel
+        self.hop, self.n_fft, self.out_dim = hop, n_fft, out_dim
+        self.register_buffer("mel_fb", torch.from_numpy(mel_filterbank(n_fft, n_mels)), persistent=False)
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        layers, c = [], n_mels
+        for _ in range(n_layers):
+            layers += [nn.Conv1d(c, hidden, kernel, padding=kernel // 2), nn.GELU()]
+            c = hidden
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Linear(hidden, out_dim)
+
+    def config_dict(self) -> dict:
+        return dict(n_mels=self.n_mels, hidden=self.hidden, out_dim=self.out_dim, n_layers=self.n_layers,
+                    kernel=self.kernel, hop=self.hop, n_fft=self.n_fft)
+
+    def num_frames(self, num_samples: int, fps: float) -> int:
+        # The synthetic data rule: frames = floor(duration * fps) + 1 (first and last sample).
+        return int(math.floor(num_samples / SAMPLE_RATE * fps + 1e-6)) + 1
+
+    def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(wav, self.n_fft, self.hop, window=self.window, center=True, return_complex=True)
+        mel = self.mel_fb @ spec.abs().pow(2)  # [B, n_mels, N100]
+        return torch.log(mel + 1e-6)
+
+    def forward(self, wav: torch.Tensor, n_frames: int) -> torch.Tensor:
+        x = wav / (wav.abs().amax(dim=-1, keepdim=True) + 1e-4)  # loudness-invariant, silence stays ~0
+        m = self.log_mel(x)
+        m = (m - m.mean(dim=(1, 2), keepdim=True)) / (m.std(dim=(1, 2), keepdim=True) + 1.0)
+        h = self.convs(m)
+        h = resample_frames(h, n_frames).transpose(1, 2)
+        return self.proj(h)
+
+
+def build_audio_encoder(spec: dict) -> AudioEncoder:
+    """`spec` = {"kind": "hubert"|"wav2vec2"|"logmel", "config": {...}}."""
+    kind = spec.get("kind", "hubert")
+    if kind in ("hubert", "wav2vec2"):
+        return TransformerSpeechEncoder(kind, spec.get("config"), spec.get("pretrained_dir"))
+    if kind == "logmel":
+        return LogMelEncoder(**spec.get("config", {}))
+    raise ValueError(f"unknown audio encoder {kind!r}; use hubert, wav2vec2 or logmel")
