@@ -147,7 +147,8 @@ class LogMelEncoder(AudioEncoder):
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         layers, c = [], n_mels
         for _ in range(n_layers):
-            layers += [nn.Conv1d(c, hidden, kernel, padding=kernel // 2), nn.GELU()]
+            # replicate padding: a clip's edges look like its neighbouring audio, not like a click of zeros
+            layers += [nn.Conv1d(c, hidden, kernel, padding=kernel // 2, padding_mode="replicate"), nn.GELU()]
             c = hidden
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Linear(hidden, out_dim)

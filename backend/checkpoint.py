@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import zipfile
 from pathlib import Path
 
 import torch
@@ -38,7 +37,7 @@ def read_file(path) -> dict:
             f"loaded because unpickling could run code. Use a checkpoint saved as a state dict "
             f"(details: {str(exc).splitlines()[0][:200]})"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # torch raises many kinds (RuntimeError, KeyError, EOFError ...) for junk
         raise CheckpointError(
             f"{path.name} is not a readable PyTorch checkpoint (truncated or another kind of file?): "
             f"{str(exc).splitlines()[0][:200]}"

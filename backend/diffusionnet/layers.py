@@ -8,6 +8,7 @@ which is what released ScanTalk weights use.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,12 +36,14 @@ class TorchOperators:
         import scipy.sparse as sp
 
         g = sp.vstack([ops.gradX, ops.gradY]).tocsr().astype(np.float32)
-        grad = torch.sparse_csr_tensor(
-            torch.from_numpy(g.indptr.astype(np.int64)),
-            torch.from_numpy(g.indices.astype(np.int64)),
-            torch.from_numpy(g.data),
-            size=g.shape,
-        )
+        with warnings.catch_warnings():  # CSR is "beta" in torch; scipy built it, so it is valid
+            warnings.simplefilter("ignore", UserWarning)
+            grad = torch.sparse_csr_tensor(
+                torch.from_numpy(g.indptr.astype(np.int64)),
+                torch.from_numpy(g.indices.astype(np.int64)),
+                torch.from_numpy(g.data),
+                size=g.shape,
+            )
         return cls(
             mass=torch.from_numpy(np.ascontiguousarray(ops.mass, np.float32)).to(device),
             evals=torch.from_numpy(np.ascontiguousarray(ops.evals, np.float32)).to(device),

@@ -1,0 +1,145 @@
+"""The ScanTalk model: official parity, sparse vs dense DiffusionNet, audio encoders."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from backend.audio_encoders import LogMelEncoder, TransformerSpeechEncoder, build_audio_encoder
+from backend.checkpoint import infer_hubert_config, load_model, read_file
+from backend.diffusionnet import DiffusionNet, TorchOperators, compute_operators
+from backend.model import ModelConfig, ScanTalk
+from tests.conftest import shared_path
+from tests.meshes import icosphere
+
+FIXTURE = ("fixtures", "official_scantalk_tiny")
+
+
+@pytest.fixture(scope="module")
+def official_prediction(flame_mesh):
+    v, f = flame_mesh
+    model = load_model(shared_path(*FIXTURE, "official_format_tiny.pth.tar"))
+    wav, sr = sf.read(shared_path(*FIXTURE, "speech_16k.wav"), dtype="float32")
+    assert sr == 16000
+    wav = torch.from_numpy(wav)[None]
+    ops = TorchOperators.from_numpy(compute_operators(v, f, k_eig=model.cfg.k_eig))
+    n = model.num_frames(wav.shape[1])
+    with torch.no_grad():
+        hidden = model.audio_encoder(wav, n)[0].numpy()
+        latent = model.encode_audio(wav, n).numpy()
+        verts = model(wav, torch.from_numpy(v).float(), ops, n).numpy()
+    return dict(n=n, hidden=hidden, latent=latent, verts=verts)
+
+
+def test_official_fixture_frame_count(official_prediction):
+    assert official_prediction["n"] == 89  # int(N50 / 50 * 30)
+
+
+@pytest.mark.parametrize("name,key", [("expected_hubert_hidden.npy", "hidden"),
+                                      ("expected_audio_latent.npy", "latent"),
+                                      ("expected_vertices.npy", "verts")])
+def test_official_fixture_parity(official_prediction, name, key):
+    expected = np.load(shared_path(*FIXTURE, name))
+    got = official_prediction[key]
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_hubert_architecture_is_read_from_shapes():
+    arch = json.loads(shared_path(*FIXTURE, "hubert_arch.json").read_text())
+    sd = read_file(shared_path(*FIXTURE, "official_format_tiny.pth.tar"))["autoencoder_state_dict"]
+    cfg = infer_hubert_config(sd)
+    for k, v in arch.items():
+        assert cfg[k] == v, k
+    assert cfg["conv_kernel"] == [10, 3, 3, 3, 3, 2, 2] and cfg["conv_stride"] == [5, 2, 2, 2, 2, 2, 2]
+    assert cfg["feat_extract_norm"] == "group" and cfg["conv_bias"] is False
+
+
+def _dense_reference_forward(net, x_frames, ops_np):
+    """The official design: dense V×V operators and a loop over frames."""
+    evecs = torch.from_numpy(ops_np.evecs)
+    mass = torch.from_numpy(ops_np.mass)
+    evals = torch.from_numpy(ops_np.evals)
+    gx = torch.from_numpy(ops_np.gradX.toarray())
+    gy = torch.from_numpy(ops_np.gradY.toarray())
+    outs = []
+    for x in x_frames:
+        h = net.first_lin(x)
+        for b in net.blocks():
+            t = b.diffusion.times()
+            spec = evecs.T @ (h * mass[:, None])
+            hd = evecs @ (torch.exp(-evals[:, None] * t[None]) * spec)
+            g = b.gradient_features(gx @ hd, gy @ hd)
+            h = h + b.mlp(torch.cat([h, hd, g], -1))
+        outs.append(net.last_lin(h))
+    return torch.stack(outs)
+
+
+def test_batched_sparse_diffusionnet_equals_dense_reference():
+    torch.manual_seed(0)
+    v, f = icosphere(2)
+    ops_np = compute_operators(v * [1.0, 0.8, 1.2], f, k_eig=24)
+    net = DiffusionNet(5, 3, width=8, n_blocks=2)
+    for b in net.blocks():
+        b.diffusion.diffusion_time.data.uniform_(0.001, 0.1)
+    x = torch.randn(6, len(v), 5)
+    with torch.no_grad():
+        sparse = net(x, TorchOperators.from_numpy(ops_np))
+        dense = _dense_reference_forward(net, x, ops_np)
+    torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=1e-5)
+
+
+def _tiny_model(audio=None, **kw):
+    cfg = ModelConfig(audio=audio or {"kind": "logmel", "config": {"n_mels": 16, "hidden": 16, "out_dim": 16}},
+                      latent=8, width=8, n_blocks=2, lstm_layers=1, k_eig=16, **kw)
+    return ScanTalk(cfg).eval()
+
+
+def test_untrained_model_returns_the_neutral_mesh_and_chunking_is_exact():
+    torch.manual_seed(1)
+    v, f = icosphere(2)
+    ops = TorchOperators.from_numpy(compute_operators(v, f, k_eig=16))
+    model = _tiny_model()
+    wav = torch.randn(1, 16000)
+    neutral = torch.from_numpy(v).float()
+    n = model.num_frames(wav.shape[1])
+    with torch.no_grad():
+        out = model(wav, neutral, ops, n)
+        assert torch.equal(out, neutral.expand_as(out))
+        torch.nn.init.normal_(model.decoder.last_lin.weight, std=0.1)
+        geom, aud = model.encode_geometry(neutral, ops), model.encode_audio(wav, n)
+        whole = model.decode(geom, aud, ops)
+        chunked = model.decode(geom, aud, ops, chunk_frames=7)
+    assert whole.shape == (n, len(v), 3) and whole.abs().max() > 0
+    torch.testing.assert_close(whole, chunked, rtol=1e-5, atol=1e-6)
+
+
+def test_logmel_encoder_frame_rule_and_silence():
+    enc = LogMelEncoder(n_mels=16, hidden=16, out_dim=8).eval()
+    assert enc.num_frames(16000 * 2, 30) == 61  # floor(2 s × 30) + 1
+    with torch.no_grad():
+        silent = enc(torch.zeros(1, 32000), 61)
+        speech = enc(torch.randn(1, 32000), 61)
+    assert silent.shape == (1, 61, 8)
+    assert torch.allclose(silent, silent[:, :1].expand_as(silent), atol=1e-5)  # constant over time
+    assert speech.std(dim=1).mean() > silent.std(dim=1).mean()
+
+
+@pytest.mark.parametrize("kind", ["hubert", "wav2vec2"])
+def test_transformer_encoders_from_tiny_config_and_local_dir(kind, tmp_path):
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                 conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
+                 num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
+    enc = build_audio_encoder({"kind": kind, "config": small}).eval()
+    enc.model.save_pretrained(tmp_path / "local")  # what a user has on disk
+    again = TransformerSpeechEncoder(kind, pretrained_dir=str(tmp_path / "local")).eval()
+    wav = torch.randn(1, 8000)
+    n = enc.num_frames(8000, 30)
+    with torch.no_grad():
+        a, b = enc(wav, n), again(wav, n)
+    assert a.shape == (1, n, 32)
+    torch.testing.assert_close(a, b)
+    # loud and quiet versions of the same utterance look the same after normalisation
+    with torch.no_grad():
+        torch.testing.assert_close(enc(wav * 7.0, n), a, rtol=1e-4, atol=1e-4)
