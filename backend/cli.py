@@ -1,0 +1,89 @@
+"""Command line: `python -m backend animate | serve | doctor`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m backend", description="ScanTalk: make any face mesh speak.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("animate", help="predict per-frame vertex offsets for a mesh speaking an audio file")
+    a.add_argument("--mesh", required=True, help="neutral face mesh: .ply, .obj or .npz (y up, facing +z)")
+    a.add_argument("--audio", required=True, help="speech: wav, flac, ogg or mp3, any rate or channels")
+    a.add_argument("--out", required=True, help="output .npz (offsets [T,V,3] float32, fps, meta)")
+    a.add_argument("--checkpoint", help="our .pt or an official ScanTalk .pth.tar (default: bundled model)")
+    a.add_argument("--fps", type=float, help="output frame rate (default: the model's native rate)")
+    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    a.add_argument("--start", type=float, default=0.0, help="seconds into the audio to start")
+    a.add_argument("--duration", type=float, help="seconds of audio to use (default: to the end)")
+    a.add_argument("--normalize", default="auto", choices=["auto", "none"],
+                   help="auto: detect units and centre the head like the training data; none: as is")
+    a.add_argument("--units", choices=["m", "dm", "cm", "mm", "in"], help="force the mesh's units")
+    a.add_argument("--cache-dir", help="operator cache folder (default: $SCANTALK_CACHE_DIR or user cache)")
+    a.add_argument("--preview", help="also write a PNG contact sheet of a few frames here")
+
+    s = sub.add_parser("serve", help="JSON-lines worker on stdin/stdout (see docs/protocol.md)")
+    s.add_argument("--cache-dir")
+
+    d = sub.add_parser("doctor", help="versions, device, CUDA, cache location and size")
+    d.add_argument("--cache-dir")
+    d.add_argument("--json", action="store_true")
+    return p
+
+
+def _animate(args) -> int:
+    from .inference import Session, animate, write_result
+
+    def progress(stage, fraction, message):
+        print(f"[{fraction * 100:5.1f}%] {stage}: {message}", file=sys.stderr)
+
+    result = animate(args.mesh, args.audio, checkpoint=args.checkpoint, fps=args.fps, device=args.device,
+                     start=args.start, duration=args.duration, normalize=args.normalize, units=args.units,
+                     session=Session(cache_dir=args.cache_dir), progress=progress)
+    path = write_result(result, args.out)
+    t = result.meta["timings"]
+    print(f"wrote {path}: {result.offsets.shape[0]} frames at {result.fps:g} fps, "
+          f"{result.offsets.shape[1]} vertices ({result.meta['device']}, {t['total']:.2f} s, "
+          f"operators {result.meta['operators']}, {result.meta['decode_ms_per_frame']:.1f} ms/frame decode)")
+    if args.preview:
+        from .mesh_io import load_mesh
+        from .preview import contact_sheet
+
+        verts, faces = load_mesh(args.mesh)
+        contact_sheet(verts, faces, result.offsets, result.fps, args.preview, audio=args.audio,
+                      start=args.start, duration=args.duration)
+        print(f"wrote preview {args.preview}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from .errors import ScanTalkError
+
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "animate":
+            return _animate(args)
+        if args.command == "serve":
+            from .worker import serve
+
+            return serve(args.cache_dir)
+        if args.command == "doctor":
+            from .doctor import format_report, report
+
+            info = report(args.cache_dir)
+            print(json.dumps(info, indent=2) if args.json else format_report(info))
+            return 0
+    except ScanTalkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 1

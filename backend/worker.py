@@ -1,0 +1,151 @@
+"""`python -m backend serve`: a long-lived worker speaking JSON lines (docs/protocol.md).
+
+The main thread reads requests; one job thread runs `animate` jobs in order, so `cancel`, `ping`
+and `shutdown` are answered while a job runs. Models and operators stay warm in a `Session`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import traceback
+
+from . import __version__
+from .errors import BadRequest, Cancelled, ScanTalkError
+
+log = logging.getLogger("backend.worker")
+
+
+class Worker:
+    def __init__(self, out, cache_dir=None):
+        from .inference import Session
+
+        self.out = out
+        self.lock = threading.Lock()
+        self.session = Session(cache_dir=cache_dir)
+        self.cache_dir = cache_dir
+        self.jobs: queue.Queue = queue.Queue()
+        self.running_id: str | None = None
+        self.pending: set[str] = set()  # animate ids accepted and not yet answered
+        self.cancelled: set[str] = set()
+        self.thread = threading.Thread(target=self._run_jobs, daemon=True)
+
+    def send(self, **event):
+        line = json.dumps(event, default=str)
+        with self.lock:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    # ---- job thread ---------------------------------------------------------------------
+
+    def _run_jobs(self):
+        while True:
+            req = self.jobs.get()
+            if req is None:
+                return
+            rid = req["id"]
+            self.running_id = rid
+            try:
+                if rid in self.cancelled:
+                    self.send(event="cancelled", id=rid)
+                else:
+                    self._animate(req)
+            finally:
+                self.running_id = None
+                self.pending.discard(rid)
+                self.cancelled.discard(rid)
+
+    def _animate(self, req):
+        from .inference import animate, write_result
+
+        rid = req["id"]
+        try:
+            for key in ("mesh", "audio", "out"):
+                if not req.get(key):
+                    raise BadRequest(f"animate needs '{key}'")
+            result = animate(
+                req["mesh"], req["audio"], checkpoint=req.get("checkpoint"), fps=req.get("fps"),
+                device=req.get("device") or "auto", start=float(req.get("start") or 0.0),
+                duration=req.get("duration"), normalize=req.get("normalize") or "auto",
+                units=req.get("units"), session=self.session,
+                progress=lambda stage, frac, msg: self.send(event="progress", id=rid, stage=stage,
+                                                            fraction=round(frac, 4), message=msg),
+                cancel=lambda: rid in self.cancelled,
+            )
+            if rid in self.cancelled:
+                raise Cancelled("cancelled")
+            path = write_result(result, req["out"])
+            self.send(event="progress", id=rid, stage="write", fraction=1.0, message="done")
+            self.send(event="result", id=rid, out=str(path), frames=int(result.offsets.shape[0]),
+                      vertices=int(result.offsets.shape[1]), fps=result.fps, device=result.meta["device"],
+                      timings=result.meta["timings"], meta=result.meta)
+        except Cancelled:
+            self.send(event="cancelled", id=rid)
+        except ScanTalkError as exc:
+            self.send(event="error", id=rid, code=exc.code, message=str(exc))
+        except Exception as exc:  # a bug: say so, keep serving
+            log.error("animate %s failed:\n%s", rid, traceback.format_exc())
+            self.send(event="error", id=rid, code="internal",
+                      message=f"internal error ({type(exc).__name__}: {exc}); see the worker log")
+
+    # ---- main thread --------------------------------------------------------------------
+
+    def handle(self, line: str) -> bool:
+        """Handle one request line; False means shut down."""
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("a request must be a JSON object")
+        except ValueError as exc:
+            self.send(event="error", id=None, code="bad_request", message=f"not a JSON request: {exc}")
+            return True
+        rid, cmd = req.get("id"), req.get("cmd")
+        if not isinstance(rid, str) or not rid:
+            self.send(event="error", id=rid, code="bad_request", message="every request needs a string 'id'")
+            return True
+        if cmd == "animate":
+            self.pending.add(rid)
+            self.jobs.put(req)
+        elif cmd == "cancel":
+            target = req.get("target")
+            active = target in self.pending
+            if active:
+                self.cancelled.add(target)
+            self.send(event="result", id=rid, cancelled=bool(active))
+        elif cmd == "ping":
+            self.send(event="pong", id=rid, version=__version__)
+        elif cmd == "doctor":
+            from .doctor import report
+
+            self.send(event="result", id=rid, **report(self.cache_dir))
+        elif cmd == "shutdown":
+            self.send(event="result", id=rid, shutdown=True)
+            return False
+        else:
+            self.send(event="error", id=rid, code="bad_request",
+                      message=f"unknown cmd {cmd!r}; expected animate, cancel, ping, doctor or shutdown")
+        return True
+
+    def serve(self, inp):
+        self.thread.start()
+        self.send(event="ready", version=__version__, pid=os.getpid())
+        for line in inp:
+            if line.strip() and not self.handle(line):
+                break
+        # shutdown or stdin closed: stop the running job at its next check, then exit
+        self.cancelled.update(self.pending)
+        self.jobs.put(None)
+        self.thread.join(timeout=30)
+
+
+def serve(cache_dir=None) -> int:
+    # Protocol lines own the real stdout; anything else that prints (libraries, C code writing to
+    # fd 1) is redirected to stderr so it can never corrupt the protocol.
+    proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    Worker(proto, cache_dir).serve(sys.stdin)
+    return 0
