@@ -1,0 +1,438 @@
+"""Write per-frame offsets onto a mesh as shape-key animation, remove our previous result, and
+nothing else.
+
+Modes
+- EXACT: one shape key per frame (`ST_f<frame>`), each with its own F-curve keyed 0/1/0 on
+  frames f-1/f/f+1 (linear), so frame f shows exactly neutral + offsets[f]. Scrubbing costs
+  O(keys^2) per frame in Blender (about 180 ms at 1,800 keys), so long clips get slow.
+- COMPACT: a basis of K shape keys (`ST_pc00`...): the leading singular vectors of the offsets
+  (uncentred, so the mean is folded into the basis), each scaled so its weights fit -1..1 (the
+  slider range), with one F-curve of per-frame weights each. K is the smallest that keeps every
+  vertex of every frame within `max_error` (checked on the data, not estimated).
+
+Ours and only ours: the Key datablock carries an ID property `scantalk` (JSON) listing our key
+names and what we created (basis, action, animation data). A re-run or `clear_result` removes only
+those keys and the F-curves that animate them; the user's keys, values, drivers, NLA and F-curves
+are never touched. A failure while writing removes what this run wrote before re-raising.
+
+4.2-4.5 keep F-curves in `Action.fcurves`; 5.0 in a channelbag of the slot the Key uses
+(`bpy_extras.anim_utils.action_ensure_channelbag_for_slot`). Both are handled here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+
+PREFIX = "ST_"
+TAG = "scantalk"
+GROUP = "ScanTalk"
+MODE_ITEMS = [
+    ("COMPACT", "Compact", "A few basis shape keys with keyed weights: fast to scrub, small files, "
+                           "within the max error of the exact result"),
+    ("EXACT", "Exact", "One shape key per frame: exactly the model's output, but scrubbing slows down "
+                       "with many frames (quadratic in the number of keys)"),
+]
+LINEAR = 1  # Keyframe.interpolation enum value
+
+
+class WritebackError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------
+# numerics (no bpy)
+# ------------------------------------------------------------------------------------------------
+def smooth_time(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing along axis 0 (frames); edges hold their value. sigma in frames."""
+    x = np.asarray(x, dtype=np.float32)
+    if sigma <= 0 or x.shape[0] < 2:
+        return x
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k = (k / k.sum()).astype(np.float32)
+    T = x.shape[0]
+    idx = np.clip(np.arange(-r, T + r), 0, T - 1)
+    out = np.zeros_like(x)
+    for j, w in enumerate(k):
+        out += w * x[idx[j:j + T]]
+    return out
+
+
+def _top_svd(D: np.ndarray, k: int, seed: int = 0):
+    """Leading k singular triplets of D [T,N] (float32): returns U*S [T,k] and Vt [k,N]."""
+    T, N = D.shape
+    k = min(k, T, N)
+    if T <= 4 * (k + 16):
+        G = (D @ D.T).astype(np.float64)  # T x T Gram: cheap when T is small
+        lam, U = np.linalg.eigh(G)
+        lam, U = lam[::-1], U[:, ::-1]
+    else:  # randomized range finder with two power iterations (Halko et al.)
+        rng = np.random.default_rng(seed)
+        p = min(T, k + 16)
+        Y = D @ rng.standard_normal((N, p), dtype=np.float32)
+        for _ in range(2):
+            Q, _ = np.linalg.qr(Y)
+            Y = D @ (D.T @ Q)
+        Q, _ = np.linalg.qr(Y.astype(np.float64))
+        Bs = (Q.T.astype(np.float32) @ D)  # p x N
+        lam, Ub = np.linalg.eigh((Bs @ Bs.T).astype(np.float64))
+        lam, Ub = lam[::-1], Ub[:, ::-1]
+        U = Q @ Ub
+    pos = lam > max(lam[0], 1e-30) * 1e-12
+    k = int(min(k, pos.sum()))
+    if k == 0:
+        return np.zeros((T, 0), np.float32), np.zeros((0, N), np.float32)
+    s = np.sqrt(lam[:k])
+    Uk = U[:, :k].astype(np.float32)
+    Vt = (Uk.T @ D) / s[:, None].astype(np.float32)
+    W = Uk * s.astype(np.float32)
+    return W, Vt
+
+
+def _max_vertex_error(D, W, B, k, order, limit=None, chunk=16) -> float:
+    """max over frames and vertices of |D - W[:, :k] @ B[:k]| per vertex; stops early once above
+    `limit` (frames visited in `order`, worst first)."""
+    V = D.shape[1] // 3
+    worst2 = 0.0
+    lim2 = None if limit is None else limit * limit
+    Wk, Bk = W[:, :k], B[:k]
+    for i in range(0, len(order), chunk):
+        rows = order[i:i + chunk]
+        R = Wk[rows] @ Bk if k else np.zeros((len(rows), D.shape[1]), np.float32)
+        np.subtract(D[rows], R, out=R)
+        np.multiply(R, R, out=R)
+        e2 = float(R.reshape(len(rows), V, 3).sum(axis=2).max())
+        worst2 = max(worst2, e2)
+        if lim2 is not None and worst2 > lim2:
+            break
+    return math.sqrt(worst2)
+
+
+def compact_basis(D: np.ndarray, max_error: float, k_max: int = 64):
+    """Choose K and return (W [T,K], B [K,N], max_err, K) with D ~= W @ B.
+
+    K is the smallest (up to k_max) whose reconstruction keeps every vertex of every frame within
+    max_error; if even k_max does not, k_max is used and its real error returned."""
+    D = np.ascontiguousarray(D, dtype=np.float32)
+    T, N = D.shape
+    W, B = _top_svd(D, k_max)
+    kmax = W.shape[1]
+    if kmax == 0:
+        return W, B, 0.0, 0
+    # Frames with the most energy left after k components are where the error is; visiting them
+    # first lets a failing K stop after one chunk. Energy left = |D_t|^2 - sum_j W_tj^2.
+    energy = np.einsum("tn,tn->t", D, D, dtype=np.float64)
+    cum = np.cumsum(W.astype(np.float64) ** 2, axis=1)
+    V = N // 3
+
+    def lower_bound(k):  # the error of frame t is at least sqrt(left_t / V)
+        left = energy - (cum[:, k - 1] if k else 0.0)
+        return math.sqrt(max(0.0, float(left.max())) / V)
+
+    def err(k, limit):
+        left = energy - (cum[:, k - 1] if k else 0.0)
+        order = np.argsort(-left)
+        return _max_vertex_error(D, W, B, k, order, limit)
+
+    lo = 1
+    while lo < kmax and lower_bound(lo) > max_error:
+        lo += 1
+    hi = kmax
+    best = None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        e = err(mid, max_error)
+        if e <= max_error:
+            hi, best = mid, e
+        else:
+            lo = mid + 1
+    k = lo
+    e = best if (best is not None and k == hi) else err(k, None)
+    return W[:, :k], B[:k], e, k
+
+
+# ------------------------------------------------------------------------------------------------
+# Blender side
+# ------------------------------------------------------------------------------------------------
+def _points(kb):
+    return getattr(kb, "points", None) or kb.data
+
+
+def read_tag(key) -> dict | None:
+    if key is None:
+        return None
+    raw = key.get(TAG)
+    if not raw:
+        return None
+    try:
+        tag = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except (ValueError, TypeError):
+        return None
+    return tag if isinstance(tag, dict) else None
+
+
+def result_info(obj) -> dict | None:
+    """What our last run wrote on this object (None if nothing)."""
+    if obj is None or obj.type != "MESH":
+        return None
+    return read_tag(obj.data.shape_keys)
+
+
+def _key_path(name: str) -> str:
+    return 'key_blocks["%s"].value' % name.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _fcurve_containers(key):
+    """Every F-curve collection of the Key's active action we may have written to."""
+    ad = key.animation_data
+    if ad is None or ad.action is None:
+        return []
+    act = ad.action
+    out = []
+    slot = getattr(ad, "action_slot", None)
+    if hasattr(act, "layers") and slot is not None:
+        from bpy_extras import anim_utils
+
+        get = getattr(anim_utils, "action_get_channelbag_for_slot", None)
+        if get is not None:
+            cb = get(act, slot)
+            if cb is not None:
+                out.append(cb.fcurves)
+        else:
+            for layer in act.layers:
+                for strip in layer.strips:
+                    cb = strip.channelbag(slot) if hasattr(strip, "channelbag") else None
+                    if cb is not None:
+                        out.append(cb.fcurves)
+    if not out and hasattr(act, "fcurves"):
+        out.append(act.fcurves)
+    return out
+
+
+def _ensure_fcurves(key, created: dict):
+    """The F-curve collection for the Key's shape-key values (creating animation data, action
+    and slot when missing, and noting what was created)."""
+    import bpy
+
+    ad = key.animation_data
+    if ad is None:
+        ad = key.animation_data_create()
+        created["animdata"] = True
+    act = ad.action
+    if act is None:
+        owner = getattr(key, "user", None)
+        act = bpy.data.actions.new(name=f"{PREFIX}{owner.name if owner is not None else key.name}")
+        created["action"] = act.name
+        ad.action = act
+    if hasattr(act, "slots") and hasattr(ad, "action_slot"):  # slotted actions (4.4+)
+        slot = ad.action_slot
+        if slot is None:
+            slot = act.slots.new(id_type="KEY", name=key.name)
+            ad.action_slot = slot
+        from bpy_extras import anim_utils
+
+        ensure = getattr(anim_utils, "action_ensure_channelbag_for_slot", None)
+        if ensure is not None:  # 5.0
+            return ensure(act, slot).fcurves
+        try:  # 4.4/4.5: the slot's channelbag on the first keyframe strip
+            layer = act.layers[0] if len(act.layers) else act.layers.new("Layer")
+            strip = layer.strips[0] if len(layer.strips) else layer.strips.new(type="KEYFRAME")
+            return strip.channelbag(slot, ensure=True).fcurves
+        except (AttributeError, TypeError, RuntimeError):
+            pass
+    return act.fcurves  # legacy API (4.2; 4.4/4.5 map it to the first slot)
+
+
+def _new_fcurve(fcurves, path):
+    try:
+        return fcurves.new(path, index=0, group_name=GROUP)  # 5.0 channelbag
+    except TypeError:
+        try:
+            return fcurves.new(path, index=0, action_group=GROUP)  # legacy Action.fcurves
+        except TypeError:
+            return fcurves.new(path, index=0)
+
+
+def _key_curve(fc, frames: np.ndarray, values: np.ndarray) -> None:
+    n = len(frames)
+    kp = fc.keyframe_points
+    kp.add(n)
+    co = np.empty(2 * n, dtype=np.float32)
+    co[0::2] = frames
+    co[1::2] = values
+    kp.foreach_set("co", co)
+    kp.foreach_set("interpolation", np.full(n, LINEAR, dtype=np.int32))
+    fc.update()
+
+
+def _remove_names(obj, key, names: set[str]) -> None:
+    """Remove our F-curves and shape keys named in `names` (only those)."""
+    if not names:
+        return
+    paths = {_key_path(n) for n in names}
+    for fcs in _fcurve_containers(key):
+        for fc in [fc for fc in fcs if fc.data_path in paths]:
+            fcs.remove(fc)
+    for name in names:
+        kb = key.key_blocks.get(name)
+        if kb is not None and kb != key.reference_key:
+            obj.shape_key_remove(kb)
+
+
+def _drop_created(obj, key, tag: dict) -> None:
+    """Remove the action / animation data / basis our run created, if nothing else uses them."""
+    import bpy
+
+    ad = key.animation_data
+    act_name = tag.get("created_action")
+    if ad is not None and act_name and ad.action is not None and ad.action.name == act_name:
+        act = ad.action
+        if not any(len(f) for f in _fcurve_containers(key)):
+            ad.action = None
+            if act.users == 0:
+                bpy.data.actions.remove(act)
+    if tag.get("created_animdata") and ad is not None:
+        if ad.action is None and not len(ad.drivers) and not len(ad.nla_tracks):
+            key.animation_data_clear()
+    if tag.get("created_basis") and len(key.key_blocks) == 1:
+        obj.shape_key_clear()
+
+
+def clear_result(obj) -> bool:
+    """Remove our previous result from `obj` (True if there was one)."""
+    if obj is None or obj.type != "MESH" or obj.data.shape_keys is None:
+        return False
+    key = obj.data.shape_keys
+    tag = read_tag(key)
+    if tag is None:
+        return False
+    active = obj.active_shape_key.name if obj.active_shape_key else None
+    _remove_names(obj, key, set(tag.get("keys", [])))
+    if TAG in key:
+        del key[TAG]
+    _drop_created(obj, key, tag)
+    if obj.data.shape_keys is not None and active is not None and active in obj.data.shape_keys.key_blocks:
+        obj.active_shape_key_index = obj.data.shape_keys.key_blocks.find(active)
+    return True
+
+
+def _basis_co(obj) -> np.ndarray:
+    me = obj.data
+    n = len(me.vertices)
+    co = np.empty(n * 3, dtype=np.float32)
+    if me.shape_keys is not None and me.shape_keys.reference_key is not None:
+        _points(me.shape_keys.reference_key).foreach_get("co", co)
+    else:
+        me.vertices.foreach_get("co", co)
+    return co
+
+
+def write_result(obj, offsets, frame_start: int, mode: str = "COMPACT", strength: float = 1.0,
+                 smoothing: float = 0.0, max_error: float | None = None, k_max: int = 64,
+                 extra: dict | None = None, timings: dict | None = None) -> dict:
+    """Replace our previous result on `obj` with `offsets` [T,V,3] (object local space), the first
+    frame on scene frame `frame_start`. `max_error` (local units) is for COMPACT. Returns the tag."""
+    t0 = time.perf_counter()
+    tm = {} if timings is None else timings
+    if obj is None or obj.type != "MESH":
+        raise WritebackError("ScanTalk writes onto a mesh object.")
+    if obj.data.library is not None or getattr(obj.data, "override_library", None) is not None:
+        raise WritebackError(f"Mesh '{obj.data.name}' is linked from a library; make it local first.")
+    off = np.asarray(offsets, dtype=np.float32)
+    V = len(obj.data.vertices)
+    if off.ndim != 3 or off.shape[2] != 3 or off.shape[1] != V:
+        raise WritebackError(f"The result has shape {list(off.shape)} but '{obj.name}' has {V} vertices; "
+                             "the mesh changed while it was being animated. Run Animate again.")
+    if not np.isfinite(off).all():
+        raise WritebackError("The backend returned NaN or infinite offsets; nothing was written.")
+    T = off.shape[0]
+    if T == 0:
+        raise WritebackError("The backend returned no frames (the audio is too short?).")
+    frame_start = int(frame_start)
+    D = off.reshape(T, V * 3)
+    if strength != 1.0:
+        D = D * np.float32(strength)
+
+    # 1. all numerics first: a failure here touches nothing
+    if mode == "EXACT":
+        if smoothing > 0:
+            D = smooth_time(D, smoothing)
+        K, err = T, 0.0
+    elif mode == "COMPACT":
+        tol = float(max_error) if max_error and max_error > 0 else 0.0
+        W, B, err, K = compact_basis(D, tol, k_max=max(1, int(k_max)))
+        if smoothing > 0:
+            W = smooth_time(W, smoothing)
+        scale = np.abs(W).max(axis=0) if K else np.zeros(0, np.float32)
+        scale[scale == 0] = 1.0
+        W = np.clip(W / scale, -1.0, 1.0)
+        B = B * scale[:, None]
+    else:
+        raise WritebackError(f"unknown mode '{mode}': use COMPACT or EXACT")
+    tm["numerics"] = time.perf_counter() - t0
+
+    # 2. Blender data: remove our previous result, write the new one, undo ours on failure
+    t1 = time.perf_counter()
+    mesh = obj.data
+    prev_active = obj.active_shape_key.name if obj.active_shape_key else None
+    clear_result(obj)
+    created = {"keys": [], "basis": False, "animdata": False, "action": None}
+    key = mesh.shape_keys
+    try:
+        if key is None:
+            obj.shape_key_add(name="Basis", from_mix=False)
+            created["basis"] = True
+            key = mesh.shape_keys
+        basis = _basis_co(obj)
+        fcurves = _ensure_fcurves(key, created)
+        frames = np.arange(frame_start, frame_start + T, dtype=np.float32)
+        if mode == "EXACT":
+            for i in range(T):
+                kb = obj.shape_key_add(name=f"{PREFIX}f{frame_start + i:04d}", from_mix=False)
+                created["keys"].append(kb.name)
+                _points(kb).foreach_set("co", basis + D[i])
+            tm["keys"] = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            tri = np.array([0.0, 1.0, 0.0], dtype=np.float32)
+            for i, name in enumerate(created["keys"]):
+                f = frames[i]
+                _key_curve(_new_fcurve(fcurves, _key_path(name)), np.array([f - 1, f, f + 1], np.float32), tri)
+        else:
+            edge = np.concatenate([[frame_start - 1], frames, [frame_start + T]]).astype(np.float32)
+            for j in range(K):
+                kb = obj.shape_key_add(name=f"{PREFIX}pc{j:02d}", from_mix=False)
+                created["keys"].append(kb.name)
+                kb.slider_min, kb.slider_max = -1.0, 1.0
+                _points(kb).foreach_set("co", basis + B[j])
+            tm["keys"] = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            for j, name in enumerate(created["keys"]):
+                vals = np.concatenate([[0.0], W[:, j], [0.0]]).astype(np.float32)
+                _key_curve(_new_fcurve(fcurves, _key_path(name)), edge, vals)
+        tm["fcurves"] = time.perf_counter() - t2
+        tag = {
+            "version": 1, "mode": mode, "keys": created["keys"], "frames": T,
+            "frame_start": frame_start, "frame_end": frame_start + T - 1, "basis_size": K,
+            "max_error": float(err), "strength": float(strength), "smoothing": float(smoothing),
+            "created_basis": created["basis"], "created_action": created["action"],
+            "created_animdata": created["animdata"], **(extra or {}),
+        }
+        key[TAG] = json.dumps(tag)
+    except Exception:
+        if key is not None:
+            _remove_names(obj, key, set(created["keys"]))
+            _drop_created(obj, key, {"created_basis": created["basis"], "created_action": created["action"],
+                                     "created_animdata": created["animdata"]})
+        raise
+    finally:
+        sk = obj.data.shape_keys
+        if sk is not None and prev_active is not None and prev_active in sk.key_blocks:
+            obj.active_shape_key_index = sk.key_blocks.find(prev_active)
+        elif sk is not None:
+            obj.active_shape_key_index = 0
+    mesh.update()
+    tm["total"] = time.perf_counter() - t0
+    return tag
