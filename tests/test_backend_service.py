@@ -1,0 +1,263 @@
+"""The backend as users drive it: the `animate` CLI, the JSON-lines worker, the operator cache."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.audio_io import save_wav
+from backend.errors import NoCheckpoint
+from backend.framing import fit_frame, guess_units
+from backend.inference import Session, animate, resample_motion, resolve_checkpoint
+from backend.mesh_io import load_mesh, save_obj
+from backend.operator_cache import cache_key, get_operators
+from tests.conftest import ROOT, shared_path
+from tests.meshes import grid, icosphere
+
+FIX = ("fixtures", "official_scantalk_tiny")
+
+
+@pytest.fixture()
+def env(tmp_path):
+    e = dict(os.environ, SCANTALK_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    return e
+
+
+def _expected_offsets(flame_mesh):
+    v, _ = flame_mesh
+    return np.load(shared_path(*FIX, "expected_vertices.npy")) - v[None].astype(np.float32)
+
+
+def test_cli_animate_matches_official_prediction_at_24_fps(tmp_path, env, flame_mesh):
+    out = tmp_path / "r.npz"
+    cmd = [sys.executable, "-m", "backend", "animate", "--mesh", str(shared_path("data", "meshes", "FLAME_sample.ply")),
+           "--audio", str(shared_path(*FIX, "speech_16k.wav")), "--checkpoint",
+           str(shared_path(*FIX, "official_format_tiny.pth.tar")), "--fps", "24", "--out", str(out)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "71 frames at 24 fps" in p.stdout
+    with np.load(out) as z:
+        offsets, fps, meta = z["offsets"], float(z["fps"]), json.loads(str(z["meta"]))
+    assert offsets.dtype == np.float32 and offsets.shape == (71, 5023, 3) and fps == 24.0
+    assert meta["native_fps"] == 30 and meta["operators"] == "computed"
+    expected = resample_motion(_expected_offsets(flame_mesh), 30, 24)
+    assert np.abs(offsets - expected).max() < 1e-4
+    # the same job again: operators come from the disk cache
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "operators disk" in p.stdout
+
+
+def test_cli_errors_are_readable(tmp_path, env):
+    v, f = icosphere(1)
+    save_obj(tmp_path / "m.obj", v, f)
+    p = subprocess.run([sys.executable, "-m", "backend", "animate", "--mesh", str(tmp_path / "m.obj"),
+                        "--audio", str(tmp_path / "nope.wav"), "--out", str(tmp_path / "o.npz")],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "error: audio file not found" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_missing_default_model_says_how_to_pass_one(monkeypatch, tmp_path):
+    import backend.inference as inf
+
+    monkeypatch.setattr(inf, "DEFAULT_CHECKPOINT", tmp_path / "absent.pt")
+    with pytest.raises(NoCheckpoint, match="--checkpoint"):
+        resolve_checkpoint(None)
+
+
+def test_units_and_placement_round_trip(tmp_path, flame_mesh):
+    """A head in millimetres, moved away from the origin, gets the same motion in millimetres."""
+    v, f = flame_mesh
+    ckpt = shared_path(*FIX, "official_format_tiny.pth.tar")
+    audio = shared_path(*FIX, "speech_16k.wav")
+    session = Session(cache_dir=tmp_path)
+    metres = animate((v, f), audio, checkpoint=ckpt, session=session)
+    mm = animate((v * 1000 + [300.0, -20.0, 55.0], f), audio, checkpoint=ckpt, session=session)
+    assert mm.meta["frame"]["units"] == "mm" and metres.meta["frame"]["units"] == "m"
+    assert np.abs(mm.offsets / 1000 - metres.offsets).max() < 2e-5
+    assert np.abs(metres.offsets - _expected_offsets(flame_mesh)).max() < 1e-4
+
+
+def test_guess_units():
+    assert guess_units(0.44, 0.44) == "m"
+    assert guess_units(44.0, 0.44) == "cm"
+    assert guess_units(440.0, 0.44) == "mm"
+    assert guess_units(17.3, 0.44) == "in"
+    frame = fit_frame(np.array([[0, 0, 0], [10, 20, 30.0]]), (1, 2, 3), 0.37, units="cm")
+    np.testing.assert_allclose(frame.to_model(np.array([[5, 10, 15.0]])), [[1, 2, 3]])
+
+
+def test_resample_motion_is_linear_in_time():
+    t = np.arange(31) / 30.0  # one second at 30 fps
+    off = np.stack([t, 2 * t, -t], axis=1)[:, None, :].repeat(4, axis=1).astype(np.float32)
+    out = resample_motion(off, 30, 24)
+    assert out.shape == (25, 4, 3)
+    np.testing.assert_allclose(out[:, 0, 0], np.arange(25) / 24.0, atol=1e-6)
+    assert resample_motion(off, 30, 60).shape[0] == 61
+    assert resample_motion(off, 30, 29.97).shape[0] == 30  # 1 s at 29.97 fps: frames 0..29
+
+
+def test_quads_map_back_to_the_original_vertices(tmp_path):
+    v, f = grid(6, 5, spacing=0.02)
+    v[:, 2] = 0.01 * np.sin(v[:, 0] * 40)
+    quads = [[a, a + 5, a + 6, a + 1] for a in range(len(v)) if a % 5 < 4 and a < 25]
+    with open(tmp_path / "quads.obj", "w") as fh:
+        fh.writelines(f"v {x} {y} {z}\n" for x, y, z in v)
+        fh.writelines("f " + " ".join(str(i + 1) for i in q) + "\n" for q in quads)
+    verts, faces = load_mesh(tmp_path / "quads.obj")
+    assert len(verts) == 30 and len(faces) == 2 * len(quads)
+    res = animate(tmp_path / "quads.obj", shared_path(*FIX, "speech_16k.wav"),
+                  checkpoint=shared_path(*FIX, "official_format_tiny.pth.tar"), session=Session(cache_dir=tmp_path))
+    assert res.offsets.shape == (89, 30, 3) and np.isfinite(res.offsets).all()
+
+
+def test_operator_cache_hits_and_rejects_corrupt_or_stale_entries(tmp_path):
+    v, f = icosphere(2)
+    first, hit = get_operators(v, f, 16, cache=tmp_path)
+    assert not hit
+    again, hit = get_operators(v, f, 16, cache=tmp_path)
+    assert hit and np.array_equal(again.evecs, first.evecs) and (again.gradX != first.gradX).nnz == 0
+    _, hit = get_operators(v, f, 12, cache=tmp_path)
+    assert not hit  # other settings, other entry
+    path = tmp_path / f"{cache_key(v, f, 16, 1e-5)}.npz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated
+    ops, hit = get_operators(v, f, 16, cache=tmp_path)
+    assert not hit and np.array_equal(ops.evecs, first.evecs)
+    with np.load(path) as z:  # a valid file whose content was changed: checksum mismatch
+        arrays = {k: z[k] for k in z.files}
+    arrays["evecs"] = arrays["evecs"] * 2
+    np.savez(path, **arrays)
+    ops, hit = get_operators(v, f, 16, cache=tmp_path)
+    assert not hit and np.array_equal(ops.evecs, first.evecs)
+    assert get_operators(v, f, 16, cache=tmp_path)[1]  # rewritten, trusted again
+
+
+def test_long_audio_is_windowed_without_drift(tmp_path, flame_mesh):
+    """45 s of the same sentence repeated: the encoder runs in windows, and the last repetition
+    moves like the first (no drift, no seams growing with length)."""
+    import soundfile as sf
+
+    clip, sr = sf.read(shared_path(*FIX, "speech_16k.wav"), dtype="float32")
+    clip = np.pad(clip, (0, 3 * sr - len(clip)))  # exactly 3 s: a 90-frame period
+    save_wav(tmp_path / "long.wav", np.tile(clip, 15), sr)
+    v, f = flame_mesh
+    res = animate((v, f), tmp_path / "long.wav", checkpoint=shared_path(*FIX, "official_format_tiny.pth.tar"),
+                  session=Session(cache_dir=tmp_path))
+    off = res.offsets
+    assert off.shape[0] == 1349  # int(N50 / 50 × 30) for 45 s
+    per = 90  # 3 s at 30 fps
+    ref = off[per:2 * per]
+    gap = [np.abs(off[k * per:(k + 1) * per] - ref).max() for k in range(2, 14)]
+    # The same sentence late in the clip is no further from the early one than mid-clip ones are:
+    # windows keep timing and features anchored (a single pass over 45 s drifts steadily).
+    assert max(gap[-4:]) <= 1.1 * max(gap[:4]) + 1e-6
+    speed = np.linalg.norm(np.diff(off, axis=0), axis=2).max(axis=1)
+    assert speed[600:].max() < 2.0 * speed[:600].max()  # no jumps at window seams later on
+
+
+# ---- the worker, driven through its protocol ------------------------------------------------
+
+
+class Worker:
+    def __init__(self, env):
+        self.p = subprocess.Popen([sys.executable, "-m", "backend", "serve"], env=env, text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def send(self, **req):
+        self.p.stdin.write(json.dumps(req) + "\n")
+        self.p.stdin.flush()
+
+    def read(self):
+        line = self.p.stdout.readline()
+        assert line, f"worker exited: {self.p.stderr.read()[-2000:]}"
+        return json.loads(line)  # every stdout line must be JSON
+
+    def until(self, rid, events=("result", "error", "cancelled"), seen=None):
+        while True:
+            ev = self.read()
+            if seen is not None:
+                seen.append(ev)
+            if ev.get("id") == rid and ev["event"] in events:
+                return ev
+
+
+def test_worker_protocol_end_to_end(tmp_path, env, flame_mesh):
+    v, f = flame_mesh
+    mesh = tmp_path / "head.npz"
+    np.savez(mesh, vertices=v, faces=f)
+    biwi = tmp_path / "biwi.npz"
+    bv, bf = load_mesh(shared_path("data", "meshes", "BIWI.ply"))
+    np.savez(biwi, vertices=bv, faces=bf)
+    ckpt = str(shared_path(*FIX, "official_format_tiny.pth.tar"))
+    audio = str(shared_path(*FIX, "speech_16k.wav"))
+    w = Worker(env)
+    try:
+        ready = w.read()
+        assert ready["event"] == "ready" and ready["pid"] == w.p.pid
+        w.send(id="p", cmd="ping")
+        assert w.read() == {"event": "pong", "id": "p", "version": ready["version"]}
+        w.send(id="d", cmd="doctor")
+        doc = w.read()
+        assert doc["event"] == "result" and doc["cuda_available"] in (False, True) and "cache_dir" in doc
+
+        seen = []
+        w.send(id="a1", cmd="animate", mesh=str(mesh), audio=audio, out=str(tmp_path / "a1.npz"),
+               checkpoint=ckpt, fps=25)
+        res = w.until("a1", seen=seen)
+        assert res["event"] == "result", res
+        stages = [e["stage"] for e in seen if e["event"] == "progress"]
+        assert stages[0] == "load_mesh" and "operators" in stages and stages[-1] == "write"
+        fr = [e["fraction"] for e in seen if e["event"] == "progress"]
+        assert fr == sorted(fr) and fr[-1] == 1.0
+        with np.load(res["out"]) as z:
+            assert z["offsets"].shape == (res["frames"], 5023, 3) and float(z["fps"]) == 25.0
+        assert res["meta"]["operators"] == "computed" and not res["meta"]["model_warm"]
+
+        t = time.perf_counter()
+        w.send(id="a2", cmd="animate", mesh=str(mesh), audio=audio, out=str(tmp_path / "a2.npz"), checkpoint=ckpt)
+        res2 = w.until("a2")
+        warm_seconds = time.perf_counter() - t
+        assert res2["meta"]["operators"] == "memory" and res2["meta"]["model_warm"]
+        assert warm_seconds < res["timings"]["total"] + 5
+
+        w.send(id="bad", cmd="animate", mesh=str(mesh), audio=str(tmp_path / "missing.wav"),
+               out=str(tmp_path / "bad.npz"), checkpoint=ckpt)
+        err = w.until("bad")
+        assert err["event"] == "error" and err["code"] == "bad_audio" and "not found" in err["message"]
+        w.send(id="bad2", cmd="animate", mesh=str(mesh), audio=audio, out=str(tmp_path / "b2.npz"),
+               checkpoint=str(tmp_path / "missing.pt"))
+        err = w.until("bad2")
+        assert err["code"] == "bad_checkpoint" and "not found" in err["message"]
+
+        # cancel a long job (23k vertices, operators not cached) while it runs
+        w.send(id="long", cmd="animate", mesh=str(biwi), audio=audio, out=str(tmp_path / "long.npz"),
+               checkpoint=ckpt, normalize="none")
+        while True:
+            ev = w.read()
+            if ev.get("id") == "long" and ev["event"] == "progress" and ev["stage"] == "load_model":
+                break
+        w.send(id="c", cmd="cancel", target="long")
+        events = []
+        w.until("long", seen=events)
+        assert any(e == {"event": "result", "id": "c", "cancelled": True} for e in events) or \
+            w.until("c")["cancelled"] is True
+        assert events[-1]["event"] == "cancelled"
+        assert not (tmp_path / "long.npz").exists() and not list(tmp_path.glob("*.tmp"))
+
+        w.p.stdin.write("this is not json\n")
+        w.p.stdin.flush()
+        assert w.read()["code"] == "bad_request"
+        w.send(id="u", cmd="dance")
+        assert "unknown cmd" in w.read()["message"]
+        w.send(id="s", cmd="shutdown")
+        assert w.read() == {"event": "result", "id": "s", "shutdown": True}
+        assert w.p.wait(timeout=60) == 0
+    finally:
+        if w.p.poll() is None:
+            w.p.kill()
