@@ -1,0 +1,265 @@
+"""Training pipeline: config, losses, a few training steps, resume, predict, and DDP on 2 CPU processes."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.meshes import icosphere
+from training import losses
+from training.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SR = 16000
+FPS = 30.0
+
+
+# --------------------------------------------------------------------------- a tiny dataset
+
+def make_dataset(root: Path, seconds=(1.0, 1.2), seed=0):
+    """General layout: 4 sphere-ish heads (2 train, 1 val, 1 test), each with its own vertex count;
+    "speech" = tone bursts; motion = the lip vertices drop with the audio envelope."""
+    rng = np.random.default_rng(seed)
+    for d in ("templates", "masks", "wav", "vertices"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    splits = {"train": ["s01", "s02"], "val": ["s03"], "test": ["s04"]}
+    import soundfile as sf
+
+    for i, subj in enumerate(["s01", "s02", "s03", "s04"]):
+        v, f = icosphere(2, radius=0.1)
+        v = v * np.array([1.0, 1.2 + 0.05 * i, 0.9]) + rng.normal(0, 0.002, 3)
+        keep = v[:, 2] > -0.09 + 0.01 * i  # different topology per subject: cut the back off
+        idx = -np.ones(len(v), int)
+        idx[keep] = np.arange(keep.sum())
+        f = f[keep[f].all(1)]
+        f = idx[f]
+        v = v[keep]
+        np.savez(root / "templates" / f"{subj}.npz", vertices=v, faces=f)
+        lips = np.flatnonzero((v[:, 2] > 0.05) & (np.abs(v[:, 1] + 0.03) < 0.03))
+        upper = np.flatnonzero(v[:, 1] > 0.05)
+        (root / "masks" / f"{subj}_lips.txt").write_text("".join(f"{j}\n" for j in lips))
+        (root / "masks" / f"{subj}_upper.txt").write_text("".join(f"{j}\n" for j in upper))
+        for k, sec in enumerate(seconds):
+            n = int(sec * SR)
+            t = np.arange(n) / SR
+            env = (np.sin(2 * np.pi * (2.0 + k) * t + i) > 0).astype(np.float32)
+            wav = (0.5 * env * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+            sf.write(root / "wav" / f"{subj}_sent{k:02d}.wav", wav, SR, subtype="FLOAT")
+            T = int(np.floor(sec * FPS + 1e-6)) + 1
+            env_f = env[np.minimum((np.arange(T) / FPS * SR).astype(int), n - 1)]
+            motion = np.repeat(v[None], T, 0).astype(np.float32)
+            motion[:, lips, 1] -= 0.01 * env_f[:, None]
+            np.save(root / "vertices" / f"{subj}_sent{k:02d}.npy", motion)
+    (root / "meta.json").write_text(json.dumps({"fps": FPS, "splits": splits}))
+    return root
+
+
+TINY = [
+    "model.latent=8", "model.width=8", "model.n_blocks=2", "model.lstm_layers=1", "model.k_eig=12",
+    "model.audio.config.hidden=16", "model.audio.config.out_dim=8", "model.audio.config.n_mels=20",
+    "train.lr=3e-3", "train.warmup_steps=0", "train.min_lr=3e-3", "train.window_frames=10",
+    "train.val_every=10", "train.log_every=5", "train.progress=false", "train.threads=1",
+    "loss.lip=1.0", "loss.velocity=1.0",
+]
+
+
+def tiny_cfg(data, out, *extra):
+    return [f"data.root={data}", f"train.out_dir={out}", f"data.operator_cache={out.parent / 'opcache'}",
+            *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("tinydata"))
+
+
+# --------------------------------------------------------------------------- config
+
+def test_config_file_and_overrides(tmp_path):
+    cfg = load_config(ROOT / "training" / "configs" / "default.toml",
+                      ["train.steps=7", "loss.velocity_axis=vertices", "data.root=/some/where",
+                       "model.audio.config.hidden=16", "data.train_split=a,b", "train.lr=2e-4"])
+    assert cfg.train.steps == 7 and cfg.loss.velocity_axis == "vertices"
+    assert cfg.data.root == "/some/where" and cfg.data.train_split == "a,b"
+    assert cfg.model.audio == {"kind": "logmel", "config": {"n_mels": 80, "hidden": 16, "out_dim": 64,
+                                                            "n_layers": 2, "kernel": 5}}
+    assert cfg.model.log_time is True and cfg.train.lr == 2e-4
+    with pytest.raises(ConfigError, match="train.stpes"):
+        load_config(None, ["train.stpes=3"])
+    with pytest.raises(ConfigError, match="integer"):
+        load_config(None, ["train.steps=1.5"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.steps"])
+    off = load_config(ROOT / "training" / "configs" / "official_vocaset.toml")
+    assert off.model.audio["kind"] == "hubert" and off.data.layout == "vocaset" and off.model.k_eig == 128
+
+
+# --------------------------------------------------------------------------- losses
+
+def test_losses_hand_computed():
+    # T=3 frames, V=2 vertices; only x moves.
+    pred = torch.zeros(3, 2, 3)
+    target = torch.zeros(3, 2, 3)
+    target[:, 0, 0] = torch.tensor([0.0, 1.0, 3.0])  # vertex 0 moves along time
+    target[:, 1, 0] = torch.tensor([2.0, 2.0, 2.0])  # vertex 1 is displaced but still
+    # MSE: squares 0,1,9 + 4,4,4 = 22 over 18 entries
+    assert losses.mse(pred, target).item() == pytest.approx(22 / 18)
+    # lips = vertex 0: 0+1+9 over 9 entries
+    assert losses.lip_mse(pred, target, torch.tensor([0])).item() == pytest.approx(10 / 9)
+    # along time: target velocities of v0: 1, 2; of v1: 0, 0 -> squares 1+4 over 2*2*3 = 12 entries
+    assert losses.velocity_mse(pred, target, "time").item() == pytest.approx(5 / 12)
+    # the official bug, along vertices: per frame x1 - x0 = 2, 1, -1 -> 4+1+1 over 3*1*3 = 9 entries
+    assert losses.velocity_mse(pred, target, "vertices").item() == pytest.approx(6 / 9)
+    # a static offset has no velocity along time but does along vertices
+    static = torch.zeros(4, 3, 3)
+    static[:, 1] = 1.0
+    assert losses.velocity_mse(static, torch.zeros_like(static), "time").item() == 0.0
+    assert losses.velocity_mse(static, torch.zeros_like(static), "vertices").item() > 0.0
+    with pytest.raises(ValueError):
+        losses.velocity_mse(pred, target, "space")
+
+
+def test_compute_losses_weights_and_scale():
+    pred = torch.zeros(3, 2, 3, requires_grad=True)
+    target = torch.zeros(3, 2, 3)
+    target[:, 0, 0] = torch.tensor([0.0, 1.0, 3.0])
+    w = losses.LossWeights(mse=1.0, lip=2.0, velocity=3.0, unit_scale=10.0)
+    out = losses.compute_losses(pred, target, w, lips=torch.tensor([0]))
+    # scaled by 10 -> squares x100
+    assert out["mse"].item() == pytest.approx(100 * 10 / 18)
+    assert out["lip"].item() == pytest.approx(100 * 10 / 9)
+    assert out["velocity"].item() == pytest.approx(100 * 5 / 12)
+    total = 100 * (10 / 18 + 2 * 10 / 9 + 3 * 5 / 12)
+    assert out["total"].item() == pytest.approx(total)
+    out["total"].backward()
+    assert pred.grad.abs().sum() > 0
+    nolip = losses.compute_losses(pred, target, losses.LossWeights(), lips=None)
+    assert torch.isnan(nolip["lip"]) and nolip["total"].item() == pytest.approx(nolip["mse"].item())
+    with pytest.raises(ValueError):
+        losses.LossWeights(velocity_axis="frames")
+
+
+def test_scaled_operators_match_recomputed():
+    """Scale augmentation rescales operators analytically; check against recomputing them."""
+    from backend.diffusionnet import TorchOperators
+    from backend.diffusionnet.geometry import compute_operators
+    from backend.model import ModelConfig, ScanTalk
+    from training.train import scaled_operators
+
+    v, f = icosphere(2, radius=0.1)
+    torch.manual_seed(0)
+    model = ScanTalk(ModelConfig(audio={"kind": "logmel", "config": {"n_mels": 20, "hidden": 8, "out_dim": 8}},
+                                 latent=8, width=8, n_blocks=2, lstm_layers=1, k_eig=12, log_time=True))
+    s = 1.07
+    a = TorchOperators.from_numpy(compute_operators(v * s, f, 12))
+    b = scaled_operators(TorchOperators.from_numpy(compute_operators(v, f, 12)), s)
+    x = torch.from_numpy(v * s).float()
+    with torch.no_grad():
+        ya, yb = model.encode_geometry(x, a), model.encode_geometry(x, b)
+    # equal up to the gradient's small fixed regulariser (not scale-covariant)
+    assert (ya - yb).abs().max() < 2e-3 * ya.abs().max()
+
+
+# --------------------------------------------------------------------------- training
+
+def test_train_steps_reduce_loss_checkpoints_resume_predict(dataset, tmp_path):
+    from backend.checkpoint import load_model, read_file
+    from training import predict, train
+
+    out = tmp_path / "run"
+    args = ["train.steps=40", "train.seed=1"]
+    # loss at the start: the untrained model returns the neutral face
+    res = train.train(load_config(None, tiny_cfg(dataset, out, *args)))
+    assert res["step"] == 40
+    events = list((out / "tb").glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard log"
+    best, last = out / "best.pt", out / "last.pt"
+    assert best.is_file() and last.is_file()
+    model = load_model(best)
+    assert model.cfg.log_time and model.cfg.k_eig == 12 and model.cfg.fps == FPS
+    assert model.cfg.frame_centre == (0.0, 0.0, 0.0) and model.cfg.frame_size > 0.1
+    data = read_file(last)
+    assert data["step"] == 40 and "optimizer" in data and "optimizer" not in read_file(best)
+
+    # the training loss went down: compare first and last logged values
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    vals = [e.value for e in acc.Scalars("train/total")]
+    assert len(vals) == 8 and vals[-1] < 0.5 * vals[0], vals
+    val = [e.value for e in acc.Scalars("val/total")]
+    assert val[-1] < val[0], val
+
+    # resume continues the step count (and keeps the optimizer state)
+    res2 = train.train(load_config(None, tiny_cfg(dataset, out, "train.steps=50", "train.seed=1")), resume="auto")
+    assert res2["step"] == 50 and read_file(last)["step"] == 50
+
+    # predict: one [T, V, 3] file per test clip, in the data's coordinates
+    pred_dir, eval_dir = tmp_path / "pred", tmp_path / "eval"
+    rc = predict.main(["--checkpoint", str(best), "--data", str(dataset), "--layout", "general",
+                       "--split", "test", "--out", str(pred_dir), "--operator-cache", str(tmp_path / "opc"),
+                       "--evaluate", str(eval_dir), "--no-plots"])
+    assert rc == 0
+    from training.datasets import load_motion, read_general
+
+    test = read_general(dataset, "test")
+    for clip in test:
+        p = np.load(pred_dir / f"{clip.name}.npy")
+        gt = load_motion(clip)
+        assert p.shape == gt.shape and p.dtype == np.float32
+        assert np.abs(p - gt).max() < 0.05  # near the face, not in another frame
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    lips = json.loads((eval_dir / "lipsync.json").read_text())
+    assert summary["n_sequences"] == len(test) and lips["n_sequences"] == len(test)
+
+    # the no-motion baseline
+    base = tmp_path / "base"
+    assert predict.main(["--baseline", "neutral", "--data", str(dataset), "--split", "test",
+                         "--out", str(base)]) == 0
+    clip = test[0]
+    b = np.load(base / f"{clip.name}.npy")
+    assert b.shape == load_motion(clip).shape
+    assert np.allclose(b[0], test.subject_of(clip).template_vertices, atol=1e-6)
+
+
+def test_resume_refuses_another_model(dataset, tmp_path):
+    from training import train
+
+    out = tmp_path / "run"
+    train.train(load_config(None, tiny_cfg(dataset, out, "train.steps=2", "train.val_every=100")))
+    with pytest.raises(ConfigError, match="another model config"):
+        train.train(load_config(None, tiny_cfg(dataset, out, "train.steps=4", "model.width=12")), resume="auto")
+
+
+def test_train_cli_reports_bad_config(tmp_path, capsys):
+    from training import train
+
+    assert train.main(["train.bogus=1"]) == 2
+    assert "train.bogus" in capsys.readouterr().err
+    assert train.main([f"train.out_dir={tmp_path}"]) == 2  # no data.root
+    assert "data.root" in capsys.readouterr().err
+
+
+def test_ddp_two_cpu_processes_keep_identical_replicas(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+           "--nproc_per_node=2", "-m", "training.train",
+           *tiny_cfg(dataset, out, "train.steps=6", "train.val_every=3")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    check = json.loads((out / "replica_check.json").read_text())
+    assert len(check["hashes"]) == 2 and check["identical"], check
+    # and training moved the weights away from the initial ones
+    from backend.checkpoint import read_file
+
+    data = read_file(out / "last.pt")
+    assert data["step"] == 6
+    h = hashlib.sha256(data["model"]["decoder.last_lin.weight"].numpy().tobytes()).hexdigest()
+    assert h != hashlib.sha256(np.zeros_like(data["model"]["decoder.last_lin.weight"].numpy()).tobytes()).hexdigest()

@@ -1,0 +1,195 @@
+"""Training configuration: a dataclass tree read from a TOML file, then `key=value` overrides.
+
+    python -m training.train --config training/configs/default.toml train.steps=200 data.root=/data
+
+Sections: `[model]` (the fields of backend.model.ModelConfig; `fps` and `frame_size` are filled
+in from the data), `[data]`, `[loss]`, `[train]`. An override's key is a dotted path
+(`train.lr`, `model.audio.config.hidden`); its value is parsed as a TOML value (`3e-4`, `true`,
+`"text"`, `[1, 2]`), and taken as a plain string when it is not one (`data.root=/my/data`).
+Unknown keys are errors, so a typo never silently trains the wrong model.
+"""
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key."""
+
+
+@dataclass
+class ModelSection:
+    audio: dict = field(default_factory=lambda: {"kind": "logmel", "config": {}})
+    latent: int = 32
+    width: int = 32
+    n_blocks: int = 4
+    lstm_layers: int = 2
+    k_eig: int = 64
+    grad_eps: float = 1e-5
+    log_time: bool = True
+    name: str = "scantalk"
+
+
+@dataclass
+class DataSection:
+    layout: str = "general"  # general, vocaset, biwi, multiface
+    root: str = ""
+    train_split: Any = "train"  # a split name or a list of subjects
+    val_split: Any = "val"
+    # vocaset needs a FLAME mesh for the faces and the lip indices; biwi/multiface take masks too.
+    faces_mesh: str = ""
+    lips_mask: str = ""
+    upper_mask: str = ""
+    operator_cache: str = ""  # "" = the backend's cache folder ($SCANTALK_CACHE_DIR or the user cache)
+    val_max_clips: int = 0  # 0 = every validation clip
+    check_clips: bool = True  # check every clip (files, vertex counts, audio length) before training
+
+
+@dataclass
+class LossSection:
+    mse: float = 1.0  # all vertices
+    lip: float = 0.0  # lip vertices only (needs a lip mask)
+    velocity: float = 0.0  # frame-to-frame differences
+    velocity_axis: str = "time"  # "vertices" reproduces the official code's bug
+    unit_scale: float = 1000.0  # losses are computed on coordinates × this (metres → mm)
+
+
+@dataclass
+class TrainSection:
+    out_dir: str = "runs/scantalk"
+    steps: int = 10000
+    max_minutes: float = 0.0  # stop early after this wall time (0 = no limit); checkpoints are written
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm (0 = off)
+    window_frames: int = 24  # frames decoded per step (0 = whole clip)
+    silence_pad_prob: float = 0.3  # chance of padding a clip with silence (still face) at one end
+    silence_pad_max: float = 0.6  # seconds
+    augment_translate: float = 0.005  # std of a random translation (m)
+    augment_scale: float = 0.05  # uniform random scale in [1 - a, 1 + a]
+    freeze_audio_features: bool = False  # HuBERT/wav2vec2: keep the conv feature extractor fixed
+    val_every: int = 500
+    log_every: int = 25
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda
+    threads: int = 0  # torch threads per process (0 = cores / processes on this node)
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    loss: LossSection = field(default_factory=LossSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _parse_value(text: str):
+    """A TOML value (number, bool, string, array, inline table) or, failing that, the raw string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _coerce(value, current, key: str):
+    """Check/convert a value against the type of the default it replaces."""
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if key.endswith("_split"):  # a split name or a list of subjects
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        return str(value)
+    if isinstance(current, str) and not isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _apply(obj, data: dict, prefix: str = ""):
+    """Merge a (nested) dict into a dataclass tree; dict-typed fields are merged key by key."""
+    names = {f.name for f in fields(obj)}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}' (known here: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{path}' is a section; give it a table of keys")
+            _apply(current, value, path + ".")
+        elif isinstance(current, dict) and isinstance(value, dict):
+            setattr(obj, key, _merge_dict(current, value))
+        else:
+            setattr(obj, key, _coerce(value, current, path))
+
+
+def _merge_dict(base: dict, new: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge_dict(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _nest(dotted: str, value) -> dict:
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"bad override key '{dotted}'")
+    out = value
+    for p in reversed(parts):
+        out = {p: out}
+    return out
+
+
+def parse_overrides(items) -> list[tuple[str, Any]]:
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. train.steps=100)")
+        key, text = item.split("=", 1)
+        out.append((key.strip(), _parse_value(text.strip())))
+    return out
+
+
+def load_config(path=None, overrides=()) -> TrainConfig:
+    """Defaults, then the TOML file (if any), then the `key=value` overrides in order."""
+    cfg = TrainConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        _apply(cfg, data)
+    for key, value in parse_overrides(overrides):
+        _apply(cfg, _nest(key, value))
+    return cfg
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    cfg = TrainConfig()
+    _apply(cfg, data)
+    return cfg

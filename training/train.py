@@ -1,0 +1,524 @@
+"""Train ScanTalk on any dataset layout the readers know.
+
+    python -m training.train --config training/configs/default.toml [key=value ...] [--resume]
+    torchrun --nproc_per_node=2 -m training.train --config FILE ...   # DDP: gloo on CPU, NCCL on GPU
+
+One step = one clip: the speech encoder and the BiLSTM run on the whole clip, the geometry encoder
+on the (augmented) neutral mesh, and the decoder on a random window of `train.window_frames`
+frames (decoding every frame is what makes CPU training slow). Augmentation: a small random
+scale and translation of the template, applied identically to the motion targets (operators are
+scaled analytically, not recomputed), and optional silence padding (a still face over silence).
+Under DDP every rank takes its own shard of the clips each epoch and gradients are averaged.
+
+Every template is centred on its bounding-box centre, in training and at inference (the model's
+frame: `frame_centre` = (0, 0, 0), `frame_size` = the mean bounding-box diagonal of the training
+templates; see backend/framing.py). Operators come from the backend's on-disk cache, so each
+template's are computed once.
+
+Output folder (`train.out_dir`): `last.pt` (weights, optimizer, step: `--resume` continues from it),
+`best.pt` (lowest validation loss; weights and config only, loadable by the backend), `tb/`
+(TensorBoard), `config.toml`-equivalent `train_config.json`, and under DDP `replica_check.json`
+(a hash of every rank's final weights: they must be identical).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from backend.audio_io import load_audio
+from backend.checkpoint import read_file, save_model
+from backend.diffusionnet import TorchOperators
+from backend.model import ModelConfig, ScanTalk
+from backend.operator_cache import get_operators
+from training.config import ConfigError, TrainConfig, load_config
+from training.datasets import Clip, DatasetError, DatasetListing, check_clip, read_dataset
+from training.losses import LossWeights, compute_losses
+
+warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
+
+SAMPLE_RATE = 16000
+
+
+# --------------------------------------------------------------------------- distributed
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def on(self) -> bool:
+        return self.world > 1
+
+
+def setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
+    """Reads torchrun's environment; a plain `python -m` run is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    d = Dist(rank=int(os.environ.get("RANK", "0")), world=world,
+             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+             local_world=int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
+    use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but this PyTorch sees no CUDA GPU")
+    if use_cuda:
+        device = torch.device("cuda", d.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if d.on:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return d, device
+
+
+def barrier(d: Dist):
+    if d.on:
+        dist.barrier()
+
+
+def all_sum(d: Dist, values: list[float]) -> list[float]:
+    if not d.on:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+# --------------------------------------------------------------------------- data
+
+def read_split(data, split) -> DatasetListing:
+    """A DatasetListing for `split` (a name, a list of subjects, or "a,b,c")."""
+    if not data.root:
+        raise ConfigError("data.root is not set (the dataset folder); e.g. data.root=/path/to/data")
+    if isinstance(split, str) and "," in split:
+        split = [s.strip() for s in split.split(",") if s.strip()]
+    kwargs = {}
+    if data.layout == "vocaset":
+        if not data.faces_mesh or not data.lips_mask:
+            raise ConfigError("vocaset needs data.faces_mesh (a FLAME mesh) and data.lips_mask "
+                              "(FLAME_lips_idx.mat)")
+        kwargs = dict(faces_mesh=data.faces_mesh, lips_mask=data.lips_mask,
+                      upper_mask=data.upper_mask or None)
+    elif data.layout in ("biwi", "multiface"):
+        kwargs = dict(lips_mask=data.lips_mask or None, upper_mask=data.upper_mask or None)
+    return read_dataset(data.layout, data.root, split, **kwargs)
+
+
+def bbox_centre_and_diagonal(verts: np.ndarray) -> tuple[np.ndarray, float]:
+    lo, hi = verts.min(0), verts.max(0)
+    return (lo + hi) / 2, float(np.linalg.norm(hi - lo))
+
+
+@dataclass
+class Shape:
+    """One subject's template in the model frame, its operators and masks."""
+
+    centre: np.ndarray  # the template's bbox centre (subtracted from everything)
+    neutral: torch.Tensor  # [V, 3] centred template
+    ops: TorchOperators
+    lips: torch.Tensor | None
+
+
+def prepare_shapes(listings, k_eig: int, grad_eps: float, cache, d: Dist, device, log=print) -> dict[str, Shape]:
+    """Operators of every subject, each computed once (ranks split the work; the cache shares it)."""
+    subjects = {}
+    for lst in listings:
+        subjects.update(lst.subjects)
+    names = sorted(subjects)
+    t0 = time.time()
+    computed = 0
+    for name in names[d.rank::d.world]:
+        s = subjects[name]
+        c, _ = bbox_centre_and_diagonal(s.template_vertices)
+        _, hit = get_operators(s.template_vertices - c, s.faces, k_eig, grad_eps, cache=cache)
+        computed += not hit
+    barrier(d)
+    shapes = {}
+    for name in names:
+        s = subjects[name]
+        c, _ = bbox_centre_and_diagonal(s.template_vertices)
+        ops, _ = get_operators(s.template_vertices - c, s.faces, k_eig, grad_eps, cache=cache)
+        shapes[name] = Shape(
+            centre=c,
+            neutral=torch.from_numpy((s.template_vertices - c).astype(np.float32)).to(device),
+            ops=TorchOperators.from_numpy(ops, device),
+            lips=None if s.lips is None else torch.from_numpy(s.lips).long().to(device),
+        )
+    if d.main:
+        log(f"operators for {len(names)} templates ready ({computed} computed on rank 0, "
+            f"{time.time() - t0:.1f} s)")
+    return shapes
+
+
+def scaled_operators(ops: TorchOperators, s: float) -> TorchOperators:
+    """The operators of the same mesh scaled by s, without recomputing them: the cotangent
+    Laplacian is scale-free, areas grow by s², so eigenvalues shrink by s², mass-normalised
+    eigenvectors by s, and gradients by s."""
+    if s == 1.0:
+        return ops
+    return TorchOperators(mass=ops.mass * s * s, evals=ops.evals / (s * s), evecs=ops.evecs / s,
+                          grad=ops.grad * (1.0 / s))
+
+
+class ClipStore:
+    """Audio kept in memory after first use; motion read through a memory map, frames on demand."""
+
+    def __init__(self):
+        self._wav: dict[str, np.ndarray] = {}
+
+    def wav(self, clip: Clip) -> np.ndarray:
+        if clip.name not in self._wav:
+            self._wav[clip.name] = load_audio(clip.wav_path)
+        return self._wav[clip.name]
+
+    @staticmethod
+    def motion(clip: Clip) -> np.ndarray:
+        """[T, V, 3] (a lazy memory map; index it to read frames)."""
+        arr = np.load(clip.vertices_path, mmap_mode="r", allow_pickle=False)
+        if arr.ndim == 2:
+            arr = arr.reshape(arr.shape[0], -1, 3)
+        return arr[:: clip.frame_step] if clip.frame_step > 1 else arr
+
+
+@dataclass
+class Example:
+    wav: torch.Tensor  # [1, N]
+    n_frames: int  # frames the audio encoder produces (the whole, padded clip)
+    f0: int  # decoded window [f0, f1)
+    f1: int
+    neutral: torch.Tensor  # [V, 3]
+    ops: TorchOperators
+    target: torch.Tensor  # [f1 - f0, V, 3]
+    lips: torch.Tensor | None
+
+
+def make_example(clip: Clip, shape: Shape, store: ClipStore, tcfg, rng: np.random.Generator,
+                 device, train: bool = True) -> Example:
+    motion = store.motion(clip)
+    T = motion.shape[0]
+    wav = store.wav(clip)
+    pad0 = pad1 = 0
+    if train and tcfg.silence_pad_prob > 0 and rng.random() < tcfg.silence_pad_prob:
+        n = int(rng.integers(1, max(2, int(tcfg.silence_pad_max * clip.fps) + 1)))
+        if rng.random() < 0.5:
+            pad0 = n
+        else:
+            pad1 = n
+    if pad0 or pad1:
+        spf = SAMPLE_RATE / clip.fps
+        wav = np.concatenate([np.zeros(int(round(pad0 * spf)), np.float32), wav,
+                              np.zeros(int(round(pad1 * spf)), np.float32)])
+    total = T + pad0 + pad1
+    W = total if (not train or tcfg.window_frames <= 0) else min(tcfg.window_frames, total)
+    f0 = int(rng.integers(0, total - W + 1)) if train else 0
+    f1 = f0 + W
+    # Padded frames hold the clip's first / last pose (the face at rest in the silence).
+    idx = np.clip(np.arange(f0, f1) - pad0, 0, T - 1)
+    lo, hi = int(idx.min()), int(idx.max()) + 1
+    frames = np.asarray(motion[lo:hi], dtype=np.float32)[idx - lo]
+    target = torch.from_numpy(frames - shape.centre.astype(np.float32)).to(device)
+    neutral, ops = shape.neutral, shape.ops
+    if train and (tcfg.augment_scale > 0 or tcfg.augment_translate > 0):
+        s = float(rng.uniform(1 - tcfg.augment_scale, 1 + tcfg.augment_scale))
+        shift = torch.from_numpy(rng.normal(0, tcfg.augment_translate, 3).astype(np.float32)).to(device)
+        neutral = neutral * s + shift
+        target = target * s + shift
+        ops = scaled_operators(ops, s)
+    return Example(torch.from_numpy(np.ascontiguousarray(wav))[None].to(device), total, f0, f1,
+                   neutral, ops, target, shape.lips)
+
+
+class WindowStep(nn.Module):
+    """The training forward pass as one module (what DDP wraps): absolute positions of a window."""
+
+    def __init__(self, model: ScanTalk):
+        super().__init__()
+        self.model = model
+
+    def forward(self, wav, n_frames: int, f0: int, f1: int, neutral, ops):
+        audio = self.model.encode_audio(wav, n_frames)[f0:f1]
+        geom = self.model.encode_geometry(neutral, ops)
+        return neutral[None] + self.model.decode(geom, audio, ops)
+
+
+# --------------------------------------------------------------------------- schedule, eval
+
+def learning_rate(step: int, t) -> float:
+    """Linear warm-up, then cosine decay from lr to min_lr at the last step."""
+    if t.warmup_steps > 0 and step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    span = max(1, t.steps - t.warmup_steps)
+    p = min(1.0, (step - t.warmup_steps) / span)
+    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * p))
+
+
+@torch.no_grad()
+def validate(model: ScanTalk, clips, shapes, store, cfg: TrainConfig, weights: LossWeights, d: Dist, device) -> dict:
+    """Losses on whole validation clips (no augmentation), averaged over clips and ranks.
+    Also the lip vertex error (LVE, mean over frames of the max squared lip error, mm²)."""
+    from backend.inference import chunk_size
+
+    model.eval()
+    keys = ("total", "mse", "lip", "velocity", "lve_mm2")
+    sums = [0.0] * (len(keys) + 1)
+    rng = np.random.default_rng(0)
+    for clip in clips[d.rank::d.world]:
+        shape = shapes[clip.subject]
+        ex = make_example(clip, shape, store, cfg.train, rng, device, train=False)
+        audio = model.encode_audio(ex.wav, ex.n_frames)
+        geom = model.encode_geometry(ex.neutral, ex.ops)
+        chunk = chunk_size(ex.neutral.shape[0], model.cfg.width, device)
+        pred = ex.neutral[None] + model.decode(geom, audio, ex.ops, chunk_frames=chunk)
+        terms = compute_losses(pred, ex.target, weights, ex.lips)
+        lve = float("nan")
+        if ex.lips is not None:
+            sq = ((pred[:, ex.lips] - ex.target[:, ex.lips]) ** 2).sum(-1) * 1e6
+            lve = float(sq.max(dim=1).values.mean())
+        vals = [float(terms["total"]), float(terms["mse"]), float(terms["lip"]), float(terms["velocity"]), lve]
+        for i, v in enumerate(vals):
+            sums[i] += 0.0 if math.isnan(v) else v
+        sums[-1] += 1
+    sums = all_sum(d, sums)
+    model.train()
+    n = max(sums[-1], 1)
+    return {k: sums[i] / n for i, k in enumerate(keys)}
+
+
+def weights_hash(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def build_model_config(cfg: TrainConfig, fps: float, frame_size: float) -> ModelConfig:
+    m = cfg.model
+    return ModelConfig(audio=m.audio, latent=m.latent, width=m.width, n_blocks=m.n_blocks,
+                       lstm_layers=m.lstm_layers, k_eig=m.k_eig, grad_eps=m.grad_eps,
+                       log_time=m.log_time, fps=float(fps), frame_centre=(0.0, 0.0, 0.0),
+                       frame_size=float(frame_size), name=m.name)
+
+
+# --------------------------------------------------------------------------- training
+
+def train(cfg: TrainConfig, resume: str | None = None) -> dict:
+    t_start = time.time()
+    tc = cfg.train
+    d, device = setup_distributed(tc.device)
+    torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // max(1, d.local_world)))
+    out = Path(tc.out_dir)
+    log = (lambda *a: print(*a, flush=True)) if d.main else (lambda *a: None)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
+
+    # ---- data
+    train_set = read_split(cfg.data, cfg.data.train_split)
+    val_set = read_split(cfg.data, cfg.data.val_split) if cfg.data.val_split else None
+    train_clips = list(train_set)
+    val_clips = list(val_set) if val_set is not None else []
+    if cfg.data.val_max_clips > 0 and len(val_clips) > cfg.data.val_max_clips:
+        pick = np.random.default_rng(tc.seed).choice(len(val_clips), cfg.data.val_max_clips, replace=False)
+        val_clips = [val_clips[i] for i in sorted(pick)]
+    if len(train_clips) < d.world:
+        raise DatasetError(f"{len(train_clips)} training clips cannot be shared by {d.world} processes")
+    if cfg.data.check_clips:
+        for lst, clips in ((train_set, train_clips), (val_set, val_clips)):
+            for clip in clips[d.rank::d.world]:
+                check_clip(clip, lst.subject_of(clip))
+    if cfg.loss.lip > 0 and any(s.lips is None for s in train_set.subjects.values()):
+        missing = sorted(n for n, s in train_set.subjects.items() if s.lips is None)
+        raise DatasetError(f"loss.lip > 0 needs lip masks; none for subjects {', '.join(missing[:5])}")
+    diags = [bbox_centre_and_diagonal(s.template_vertices)[1] for s in train_set.subjects.values()]
+    frame_size = float(np.mean(diags))
+    log(f"data: {len(train_clips)} training clips ({len(train_set.subjects)} subjects), "
+        f"{len(val_clips)} validation clips; fps {train_set.fps:g}; mean template diagonal "
+        f"{frame_size:.4f}; {d.world} process(es) on {device}")
+
+    mcfg = build_model_config(cfg, train_set.fps, frame_size)
+    shapes = prepare_shapes([train_set] + ([val_set] if val_set is not None else []),
+                            mcfg.k_eig, mcfg.grad_eps, cfg.data.operator_cache or None, d, device, log)
+
+    # ---- model, optimizer, resume
+    torch.manual_seed(tc.seed)
+    model = ScanTalk(mcfg).to(device)
+    if "pretrained_dir" in mcfg.audio and hasattr(model.audio_encoder, "config_dict"):
+        # The checkpoint must not depend on the folder the speech encoder came from.
+        mcfg.audio = {"kind": mcfg.audio.get("kind", "hubert"), "config": model.audio_encoder.config_dict()}
+    if tc.freeze_audio_features and hasattr(model.audio_encoder, "model"):
+        for p in model.audio_encoder.model.feature_extractor.parameters():
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    step, best_val, elapsed_before = 0, float("inf"), 0.0
+    if resume:
+        path = out / "last.pt" if resume == "auto" else Path(resume)
+        data = read_file(path)
+        if data.get("config") != mcfg.to_dict():
+            raise ConfigError(f"{path} was trained with another model config; resume with the same "
+                              f"config (checkpoint: {data.get('config')}, now: {mcfg.to_dict()})")
+        model.load_state_dict(data["model"])
+        opt.load_state_dict(data["optimizer"])
+        step, best_val = int(data["step"]), float(data.get("best_val", float("inf")))
+        elapsed_before = float(data.get("elapsed_s", 0.0))
+        log(f"resumed from {path} at step {step}")
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params:,} parameters ({mcfg.audio.get('kind')} audio encoder, width {mcfg.width}, "
+        f"{mcfg.n_blocks} blocks, k_eig {mcfg.k_eig})")
+    net = WindowStep(model)
+    if d.on:
+        net = nn.parallel.DistributedDataParallel(net, broadcast_buffers=False)
+    weights = LossWeights.from_section(cfg.loss)
+    store = ClipStore()
+
+    writer = None
+    if d.main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tb"))
+        except ImportError:
+            log("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+    bar = None
+    if d.main and tc.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=tc.steps, initial=step, desc="train", dynamic_ncols=True)
+
+    def checkpoint(path: Path, with_optimizer: bool, val=None):
+        extra = dict(step=step, best_val=best_val, elapsed_s=elapsed_before + time.time() - t_start,
+                     train_config=cfg.to_dict())
+        if val is not None:
+            extra["val"] = val
+        if with_optimizer:
+            extra["optimizer"] = opt.state_dict()
+        save_model(path, model, **extra)
+
+    # ---- loop
+    n = len(train_clips)
+    per_rank = n // d.world  # steps per epoch (each rank one clip per step)
+    running: dict[str, float] = {}
+    last_val = None
+    stop = False
+    model.train()
+    while step < tc.steps and not stop:
+        epoch, k = divmod(step, per_rank)
+        perm = np.random.default_rng([tc.seed, 7, epoch]).permutation(n)
+        clip = train_clips[perm[k * d.world + d.rank]]
+        rng = np.random.default_rng([tc.seed, 11, d.rank, step])
+        ex = make_example(clip, shapes[clip.subject], store, tc, rng, device, train=True)
+
+        lr = learning_rate(step, tc)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        pred = net(ex.wav, ex.n_frames, ex.f0, ex.f1, ex.neutral, ex.ops)
+        terms = compute_losses(pred, ex.target, weights, ex.lips)
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+        opt.step()
+        step += 1
+
+        for key, v in terms.items():
+            running[key] = running.get(key, 0.0) + float(v.detach())
+        running["grad_norm"] = running.get("grad_norm", 0.0) + float(gnorm)
+        running["_n"] = running.get("_n", 0) + 1
+        if bar is not None:
+            bar.update(1)
+        if step % tc.log_every == 0 or step == tc.steps:
+            cnt = running.pop("_n")
+            avg = {key: v / cnt for key, v in running.items()}
+            running = {}
+            if writer is not None:
+                for key, v in avg.items():
+                    if not math.isnan(v):
+                        writer.add_scalar(f"train/{key}", v, step)
+                writer.add_scalar("train/lr", lr, step)
+                times = model.decoder.block_0.diffusion.times().detach()
+                writer.add_scalar("model/decoder_block0_mean_log10_time", float(times.log10().mean()), step)
+            if bar is not None:
+                bar.set_postfix(loss=f"{avg['total']:.4g}", lr=f"{lr:.2g}")
+            if tc.max_minutes > 0:
+                over = elapsed_before + time.time() - t_start > tc.max_minutes * 60
+                stop = all_sum(d, [float(over)])[0] > 0  # every rank stops at the same step
+        if val_clips and (step % tc.val_every == 0 or step == tc.steps or stop):
+            val = validate(model, val_clips, shapes, store, cfg, weights, d, device)
+            last_val = val
+            if writer is not None:
+                for key, v in val.items():
+                    writer.add_scalar(f"val/{key}", v, step)
+            msg = (f"step {step}: val loss {val['total']:.4g} (mse {val['mse']:.4g}, lip {val['lip']:.4g}, "
+                   f"vel {val['velocity']:.4g}, LVE {val['lve_mm2']:.3g} mm²)")
+            if bar is not None:
+                bar.write(msg)
+            if val["total"] < best_val:
+                best_val = val["total"]
+                if d.main:
+                    checkpoint(out / "best.pt", with_optimizer=False, val=val)
+        if d.main and (step % tc.val_every == 0 or step == tc.steps or stop):
+            checkpoint(out / "last.pt", with_optimizer=True, val=last_val)
+
+    if bar is not None:
+        bar.close()
+    if d.main:
+        checkpoint(out / "last.pt", with_optimizer=True, val=last_val)
+        if not val_clips:  # nothing to select on: the last weights are the best we know
+            checkpoint(out / "best.pt", with_optimizer=False)
+    result = {"step": step, "best_val": best_val, "val": last_val,
+              "elapsed_s": elapsed_before + time.time() - t_start}
+    if d.on:
+        hashes = [None] * d.world
+        dist.all_gather_object(hashes, weights_hash(model))
+        if d.main:
+            same = len(set(hashes)) == 1
+            (out / "replica_check.json").write_text(json.dumps({"hashes": hashes, "identical": same}, indent=2))
+            if not same:
+                log("WARNING: the replicas' weights differ at the end of training")
+        dist.destroy_process_group()
+    if writer is not None:
+        writer.close()
+    log(f"done: step {step}, best validation loss {best_val:.4g}, "
+        f"{result['elapsed_s'] / 60:.1f} min; checkpoints in {out}")
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="TOML config file (training/configs/*.toml)")
+    p.add_argument("--resume", action="store_true", help="continue from train.out_dir/last.pt")
+    p.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this last.pt")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=200 data.root=/data")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        train(cfg, resume=args.resume_from or ("auto" if args.resume else None))
+    except (ConfigError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
