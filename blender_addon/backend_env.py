@@ -92,6 +92,18 @@ class Backend:
         return f"{self.python} ({where}, Python {self.info.get('python', '?')})"
 
 
+def base_python_for_venv(executable: str) -> str:
+    """The interpreter to create the venv with: Blender's own Python (sys.executable is the
+    Python binary in Blender 2.91+ and under bpy from PyPI)."""
+    name = os.path.basename(executable or "").lower()
+    if name.startswith("python"):
+        return executable
+    for cand in sorted(Path(sys.prefix, "bin").glob("python3*")) + [Path(sys.prefix, "python.exe")]:
+        if cand.is_file():
+            return str(cand)
+    return executable
+
+
 def venv_python(venv_dir) -> Path:
     venv_dir = Path(venv_dir)
     if sys.platform == "win32":

@@ -39,10 +39,28 @@ def rotation_for(axes: str) -> np.ndarray:
         raise MeshExportError(f"unknown axes '{axes}': use AUTO, Z_UP or Y_UP") from None
 
 
-def detect_axes(matrix_world) -> tuple[str, str]:
-    """Which convention the mesh data uses, from where world +Z (up) points in local space.
+def detect_axes(matrix_world, verts: np.ndarray | None = None) -> tuple[str, str]:
+    """Which convention the mesh data uses: Z_UP (Blender) or Y_UP (FLAME/OBJ files imported
+    without conversion). Returns (axes, note); note is empty unless worth telling the user.
 
-    Returns (axes, note); note is empty unless the guess is uncertain."""
+    X is the left-right axis in both, so the question is whether local Y or local Z is up. A head
+    (or a face) is taller than it is deep, so the longer of the two bounding-box extents is up;
+    when they are within 10% the object's orientation in the scene decides (world Z is up)."""
+    world = _world_up_axes(matrix_world)
+    if verts is not None and len(verts):
+        ext = np.ptp(np.asarray(verts, np.float64), axis=0)
+        ratio = ext[1] / max(ext[2], 1e-12)
+        geo = "Y_UP" if ratio > 1.1 else "Z_UP" if ratio < 1 / 1.1 else None
+        if geo is not None:
+            note = ""
+            if world[0] in ("Z_UP", "Y_UP") and world[0] != geo and not world[1]:
+                note = (f"the head's shape says it is modelled {geo.replace('_', ' ').lower()}, although it "
+                        "lies on its side in the scene; set Axes in the ScanTalk panel if the result looks wrong")
+            return geo, note
+    return world
+
+
+def _world_up_axes(matrix_world) -> tuple[str, str]:
     m = np.array([[matrix_world[i][j] for j in range(3)] for i in range(3)], dtype=np.float64)
     try:
         up = np.linalg.solve(m, np.array([0.0, 0.0, 1.0]))
@@ -129,7 +147,7 @@ def export_mesh(obj, path: str, axes: str = "AUTO") -> ExportInfo:
     warnings = []
     note = ""
     if axes == "AUTO":
-        axes, note = detect_axes(obj.matrix_world)
+        axes, note = detect_axes(obj.matrix_world, verts)
     if note:
         warnings.append(note)
     if stats["vertices"] > LARGE_MESH:

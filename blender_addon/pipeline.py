@@ -1,0 +1,185 @@
+"""One animate run, split so the synchronous and the modal operator share it:
+
+    prep = prepare(context, settings)      # validate, export mesh, resolve audio (touches nothing)
+    job = AnimateJob(factory, prep.fields) # the backend works (job.py)
+    summary = apply_result(context, prep, job.result)   # read offsets, write shape keys
+
+Every failure raises PipelineError with a message for the UI; `prep.cleanup()` removes temp files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+import bpy
+import numpy as np
+
+from . import audio_source, mesh_export, writeback
+from .audio_source import AudioSourceError
+from .mesh_export import MeshExportError
+from .writeback import WritebackError
+
+TYPICAL_HEAD_DIAGONAL_M = 0.35  # bounding-box diagonal of a human head (for unit guessing)
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+@dataclass
+class Settings:
+    strip: str = ""
+    audio_path: str = ""
+    checkpoint: str = ""
+    mode: str = "COMPACT"
+    strength: float = 1.0
+    smoothing: float = 0.0
+    max_error_mm: float = 0.1
+    axes: str = "AUTO"
+    fit_frame_range: bool = True
+    device: str = "auto"
+    max_basis: int = 64
+
+    @classmethod
+    def gather(cls, context, op=None) -> "Settings":
+        """Operator properties that were set win; then the scene's panel settings; then defaults."""
+        s = cls()
+        scene_settings = getattr(context.scene, "scantalk", None)
+        if scene_settings is not None:
+            if scene_settings.source == "FILE":
+                s.audio_path = scene_settings.audio_path
+            else:
+                s.strip = scene_settings.strip
+            for name in ("checkpoint", "mode", "strength", "smoothing", "max_error_mm", "axes", "fit_frame_range"):
+                setattr(s, name, getattr(scene_settings, name))
+        if op is not None:
+            props = op.properties
+            if props.is_property_set("audio_path") or props.is_property_set("strip"):
+                s.audio_path = op.audio_path if props.is_property_set("audio_path") else ""
+                s.strip = op.strip if props.is_property_set("strip") else ""
+            for name in ("checkpoint", "mode", "strength", "smoothing", "max_error_mm", "axes"):
+                if props.is_property_set(name):
+                    setattr(s, name, getattr(op, name))
+        from . import prefs
+
+        p = prefs.get(context)
+        if p is not None:
+            s.device, s.max_basis = p.device, p.max_basis
+        return s
+
+
+@dataclass
+class Prepared:
+    object_name: str
+    scene_name: str
+    settings: Settings
+    export: mesh_export.ExportInfo
+    audio: audio_source.AudioSpec
+    fields: dict
+    temp_dir: str
+    warnings: list = field(default_factory=list)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def prepare(context, settings: Settings) -> Prepared:
+    obj = context.active_object if hasattr(context, "active_object") else context.object
+    if obj is None:
+        raise PipelineError("Select the head mesh (make it the active object) and try again.")
+    if obj.type != "MESH":
+        raise PipelineError(f"'{obj.name}' is a {obj.type.lower()}, not a mesh: select the head mesh.")
+    if obj.data.library is not None:
+        raise PipelineError(f"Mesh '{obj.data.name}' is linked from a library; make it local first.")
+    if obj.mode == "EDIT":
+        obj.update_from_editmode()
+        if bpy.ops.object.mode_set.poll():
+            bpy.ops.object.mode_set(mode="OBJECT")
+    ckpt = ""
+    if settings.checkpoint:
+        ckpt = os.path.normpath(bpy.path.abspath(settings.checkpoint))
+        if not os.path.isfile(ckpt):
+            raise PipelineError(f"Checkpoint file not found: {ckpt}")
+    scene = context.scene
+    tmp = tempfile.mkdtemp(prefix="scantalk_")
+    try:
+        audio = audio_source.resolve(scene, settings.strip, settings.audio_path, temp_dir=tmp)
+        export = mesh_export.export_mesh(obj, os.path.join(tmp, "mesh.npz"), settings.axes)
+    except (AudioSourceError, MeshExportError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PipelineError(str(exc)) from exc
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fields = {"mesh": export.path, "out": os.path.join(tmp, "result.npz"), "checkpoint": ckpt or None,
+              "device": settings.device, "normalize": "auto", **audio.request_fields()}
+    return Prepared(object_name=obj.name, scene_name=scene.name, settings=settings, export=export, audio=audio,
+                    fields=fields, temp_dir=tmp, warnings=[*audio.warnings, *export.warnings])
+
+
+def metres_per_unit(meta: dict, neutral_local: np.ndarray) -> float:
+    """Size of one local unit in metres at the head's real scale: the backend's unit snap when it
+    made one, else the same snap done here (nearest of m/dm/cm/mm/in to a human head's size)."""
+    frame = (meta or {}).get("frame") or {}
+    if frame.get("units") not in (None, "as-is") and frame.get("scale"):
+        return float(frame["scale"])
+    lo, hi = neutral_local.min(0), neutral_local.max(0)
+    diag = float(np.linalg.norm(hi - lo))
+    if diag <= 0:
+        return 1.0
+    units = {"m": 1.0, "dm": 0.1, "cm": 0.01, "mm": 0.001, "in": 0.0254}
+    return min(units.values(), key=lambda s: abs(math.log(diag * s / TYPICAL_HEAD_DIAGONAL_M)))
+
+
+def load_result(path: str) -> tuple[np.ndarray, float, dict]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            offsets = np.asarray(data["offsets"], dtype=np.float32)
+            fps = float(data["fps"]) if "fps" in data else float("nan")
+            meta = json.loads(str(data["meta"])) if "meta" in data else {}
+    except (OSError, KeyError, ValueError) as exc:
+        raise PipelineError(f"Could not read the backend's result {path}: {exc}") from exc
+    return offsets, fps, meta
+
+
+def apply_result(context, prep: Prepared, result: dict, timings: dict | None = None) -> str:
+    """Write the backend's result onto the object; returns a one-line summary."""
+    obj = bpy.data.objects.get(prep.object_name)
+    if obj is None:
+        raise PipelineError(f"Object '{prep.object_name}' was deleted while it was being animated.")
+    scene = bpy.data.scenes.get(prep.scene_name) or context.scene
+    offsets, fps, meta = load_result(result.get("out") or prep.fields["out"])
+    if math.isfinite(fps) and abs(fps - prep.audio.fps) > 1e-3:
+        raise PipelineError(f"The backend returned {fps:g} fps for a {prep.audio.fps:g} fps scene.")
+    s = prep.settings
+    off_local = prep.export.offsets_to_local(offsets)
+    mpu = metres_per_unit(meta, prep.export.neutral_local)
+    max_err_local = s.max_error_mm / 1000.0 / mpu
+    extra = {
+        "audio": prep.audio.label, "audio_path": prep.audio.path if not prep.audio.temp else "(packed)",
+        "audio_start": prep.audio.start, "fps": prep.audio.fps, "axes": prep.export.axes,
+        "checkpoint": prep.fields.get("checkpoint") or "bundled", "metres_per_unit": mpu,
+        "device": result.get("device") or meta.get("device"), "model": meta.get("model"),
+    }
+    try:
+        tag = writeback.write_result(obj, off_local, prep.audio.frame_start, mode=s.mode, strength=s.strength,
+                                     smoothing=s.smoothing, max_error=max_err_local, k_max=s.max_basis,
+                                     extra=extra, timings=timings)
+    except WritebackError as exc:
+        raise PipelineError(str(exc)) from exc
+    if s.fit_frame_range and tag["frame_end"] > scene.frame_end:
+        scene.frame_end = tag["frame_end"]
+    if s.mode == "COMPACT":
+        err_mm = tag["max_error"] * mpu * 1000
+        detail = f"{tag['basis_size']} basis keys, max error {err_mm:.3f} mm"
+        if err_mm > s.max_error_mm * 1.0001:
+            prep.warnings.append(f"the max error {err_mm:.3f} mm is above the {s.max_error_mm:g} mm asked for: "
+                                 f"raise Max Basis Keys in the preferences or use Exact mode")
+    else:
+        detail = f"{tag['basis_size']} shape keys"
+    return (f"Animated '{obj.name}' from {prep.audio.label}: frames {tag['frame_start']}-{tag['frame_end']} "
+            f"({s.mode.lower()}, {detail})")

@@ -1,0 +1,52 @@
+"""Per-scene settings shown in the ScanTalk panel (`scene.scantalk`)."""
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, PointerProperty, StringProperty
+
+from .mesh_export import AXES_ITEMS
+from .writeback import MODE_ITEMS
+
+SOURCE_ITEMS = [
+    ("STRIP", "Sound Strip", "Use a sound strip of the scene's sequencer (timing follows the strip)"),
+    ("FILE", "Audio File", "Use an audio file; the animation starts at the scene's start frame"),
+]
+
+# Shared by the panel settings and the operator's script properties (same names, same meaning).
+DESCRIPTIONS = {
+    "strip": "Sound strip to animate from (empty: the only / first unmuted sound strip)",
+    "audio_path": "Audio file to animate from instead of a strip (wav, flac, ogg, mp3)",
+    "checkpoint": "Model checkpoint: our .pt or an official ScanTalk .pth.tar (empty: the bundled model)",
+    "mode": "How the result is stored",
+    "strength": "Scale of the predicted motion (1 = as predicted)",
+    "smoothing": "Temporal smoothing, Gaussian sigma in frames (0 = off)",
+    "max_error_mm": "Compact mode: largest allowed deviation from the exact result, in millimetres "
+                    "at the head's real size",
+    "axes": "How the head is modelled in its local space",
+}
+
+
+class ScanTalkSettings(bpy.types.PropertyGroup):
+    source: EnumProperty(name="Audio", items=SOURCE_ITEMS, default="STRIP")
+    strip: StringProperty(name="Strip", description=DESCRIPTIONS["strip"])
+    audio_path: StringProperty(name="Audio File", description=DESCRIPTIONS["audio_path"], subtype="FILE_PATH")
+    checkpoint: StringProperty(name="Checkpoint", description=DESCRIPTIONS["checkpoint"], subtype="FILE_PATH")
+    mode: EnumProperty(name="Mode", items=MODE_ITEMS, default="COMPACT", description=DESCRIPTIONS["mode"])
+    strength: FloatProperty(name="Strength", default=1.0, min=0.0, soft_max=2.0, max=10.0,
+                            description=DESCRIPTIONS["strength"])
+    smoothing: FloatProperty(name="Smoothing", default=0.0, min=0.0, soft_max=3.0, max=20.0,
+                             description=DESCRIPTIONS["smoothing"])
+    max_error_mm: FloatProperty(name="Max Error (mm)", default=0.1, min=0.001, soft_max=1.0, max=100.0,
+                                precision=3, description=DESCRIPTIONS["max_error_mm"])
+    axes: EnumProperty(name="Axes", items=AXES_ITEMS, default="AUTO", description=DESCRIPTIONS["axes"])
+    fit_frame_range: BoolProperty(name="Extend Frame Range", default=True,
+                                  description="Extend the scene's end frame to the end of the animation "
+                                              "(never shortens it)")
+
+
+def register():
+    bpy.utils.register_class(ScanTalkSettings)
+    bpy.types.Scene.scantalk = PointerProperty(type=ScanTalkSettings)
+
+
+def unregister():
+    del bpy.types.Scene.scantalk
+    bpy.utils.unregister_class(ScanTalkSettings)
