@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-TERMINAL_EVENTS = ("result", "error", "cancelled", "exit")
+TERMINAL_EVENTS = ("result", "pong", "error", "cancelled", "exit")
 
 # What the protocol's error codes mean for a user, added after the worker's own message.
 _CODE_HINTS = {
@@ -142,7 +142,7 @@ class Request:
 def outcome(ev: dict, stderr_tail: str = "") -> dict:
     """Turn a terminal event into a result dict or the matching exception."""
     kind = ev.get("event")
-    if kind == "result":
+    if kind in ("result", "pong"):
         return ev
     if kind == "cancelled":
         raise WorkerCancelled()

@@ -128,8 +128,10 @@ def compact_basis(D: np.ndarray, max_error: float, k_max: int = 64):
     cum = np.cumsum(W.astype(np.float64) ** 2, axis=1)
     V = N // 3
 
+    slack = 1e-5 * energy  # float32 round-off in the energy difference: keep the bound a lower bound
+
     def lower_bound(k):  # the error of frame t is at least sqrt(left_t / V)
-        left = energy - (cum[:, k - 1] if k else 0.0)
+        left = energy - (cum[:, k - 1] if k else 0.0) - slack
         return math.sqrt(max(0.0, float(left.max())) / V)
 
     def err(k, limit):

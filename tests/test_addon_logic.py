@@ -1,0 +1,463 @@
+"""The add-on's plain-Python parts, without bpy: the worker client, the modal job's logic, backend
+discovery, audio timing, axis detection, Compact-mode numerics and the zip builder.
+
+The worker here is a small stand-in speaking the protocol (docs/protocol.md) so that crashes,
+hangs and cancels can be produced on demand; the real worker is exercised by tests/blender.
+"""
+import json
+import math
+import os
+import sys
+import textwrap
+import time
+import types
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from blender_addon import audio_source, backend_env, job as jobmod, mesh_export, writeback  # noqa: E402
+from blender_addon.worker_client import WorkerClient, WorkerError, WorkerCancelled  # noqa: E402
+
+FAKE_WORKER = textwrap.dedent(r'''
+    import json, os, sys, threading, time
+    out = sys.stdout
+    def send(**ev):
+        out.write(json.dumps(ev) + "\n"); out.flush()
+    cancelled = set()
+    jobs = []
+    def run(req):
+        rid, audio = req["id"], req.get("audio", "")
+        if audio == "crash":
+            sys.stderr.write("Traceback (most recent call last):\nRuntimeError: boom in the backend\n")
+            sys.stderr.flush()
+            os._exit(3)
+        if audio == "error":
+            send(event="error", id=rid, code="bad_checkpoint", message="checkpoint x.pt is not a ScanTalk model")
+            return
+        steps = 50 if audio in ("slow", "hang") else 3
+        for i in range(steps):
+            if rid in cancelled and audio != "hang":
+                send(event="cancelled", id=rid); return
+            send(event="progress", id=rid, stage="decode", fraction=(i + 1) / (steps + 1), message=f"frame {i}")
+            time.sleep(0.1 if steps > 3 else 0.01)
+        send(event="result", id=rid, out=req.get("out"), frames=7, fps=req.get("fps"))
+    send(event="ready", version="test", pid=os.getpid())
+    if os.environ.get("FAKE_PRINT_GARBAGE"):
+        out.write("this is not json\n"); out.flush()
+    for line in sys.stdin:
+        req = json.loads(line)
+        cmd = req["cmd"]
+        if cmd == "animate":
+            t = threading.Thread(target=run, args=(req,), daemon=True); t.start(); jobs.append(t)
+        elif cmd == "cancel":
+            cancelled.add(req["target"]); send(event="result", id=req["id"], cancelled=True)
+        elif cmd == "ping":
+            send(event="pong", id=req["id"], version="test")
+        elif cmd == "doctor":
+            send(event="result", id=req["id"], torch="2.x", device="cpu", cuda_available=False)
+        elif cmd == "shutdown":
+            send(event="result", id=req["id"], shutdown=True); break
+''')
+
+
+@pytest.fixture
+def fake_worker(tmp_path):
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    clients = []
+
+    def make(**env):
+        e = dict(os.environ, **env)
+        c = WorkerClient([sys.executable, str(script)], env=e, cwd=str(tmp_path)).start()
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.kill()
+
+
+# ---- worker client ---------------------------------------------------------------------------------
+def test_client_rejects_shell_string():
+    with pytest.raises(TypeError):
+        WorkerClient("python -m backend serve")
+
+
+def test_ready_ping_doctor_shutdown(fake_worker):
+    c = fake_worker()
+    assert c.wait_ready(10)["version"] == "test"
+    assert c.call("ping", timeout=10)["event"] == "pong"
+    assert c.call("doctor", timeout=10)["device"] == "cpu"
+    c.close()
+    assert not c.alive and c.proc.returncode == 0
+
+
+def test_animate_events_are_non_blocking(fake_worker):
+    c = fake_worker()
+    req = c.request("animate", audio="ok", out="/tmp/x.npz", fps=24.0)
+    assert isinstance(req.poll(), list)  # returns at once, whatever has arrived
+    res = req.wait(timeout=10)
+    assert res["frames"] == 7 and res["fps"] == 24.0
+
+
+def test_error_event_is_readable(fake_worker):
+    c = fake_worker()
+    with pytest.raises(WorkerError) as ei:
+        c.request("animate", audio="error").wait(timeout=10)
+    assert ei.value.code == "bad_checkpoint"
+    msg = ei.value.user_message()
+    assert "not a ScanTalk model" in msg and "checkpoint" in msg.lower()
+
+
+def test_crash_reports_exit_code_and_stderr_tail(fake_worker):
+    c = fake_worker()
+    req = c.request("animate", audio="crash")
+    with pytest.raises(WorkerError) as ei:
+        req.wait(timeout=10)
+    err = ei.value
+    assert err.code == "crashed"
+    assert "exited with code 3" in str(err)
+    assert "boom in the backend" in err.user_message()
+    assert not c.alive
+    # a request after the crash fails at once, readably
+    with pytest.raises(WorkerError) as ei2:
+        c.request("ping").wait(timeout=5)
+    assert ei2.value.code == "crashed"
+
+
+def test_not_started_interpreter_missing(tmp_path):
+    with pytest.raises(WorkerError) as ei:
+        WorkerClient([str(tmp_path / "no-python"), "-m", "backend", "serve"]).start()
+    assert ei.value.code == "not_started" and "could not start" in str(ei.value)
+
+
+def test_garbage_on_stdout_is_kept_for_diagnosis(fake_worker):
+    c = fake_worker(FAKE_PRINT_GARBAGE="1")
+    assert c.call("ping", timeout=10)["event"] == "pong"
+    assert "this is not json" in c.stderr_tail()
+
+
+def test_kill_ends_pending_requests(fake_worker):
+    c = fake_worker()
+    req = c.request("animate", audio="hang")
+    time.sleep(0.3)
+    c.kill()
+    with pytest.raises(WorkerError):
+        req.wait(timeout=10)
+
+
+# ---- job (the modal operator's logic) ----------------------------------------------------------------
+def _job(factory, audio, **kw):
+    return jobmod.AnimateJob(factory, {"audio": audio, "out": "/tmp/o.npz", "fps": 25.0}, **kw).start()
+
+
+def test_job_progress_then_done(fake_worker):
+    c = fake_worker()
+    j = _job(lambda: c, "slow")
+    seen = []
+    deadline = time.monotonic() + 20
+    while j.poll() == jobmod.RUNNING and time.monotonic() < deadline:
+        seen.append(j.fraction)
+        time.sleep(0.05)
+    assert j.state == jobmod.DONE and j.result["frames"] == 7
+    assert seen == sorted(seen) and max(seen) > 0.2  # progress moved forward only
+    assert j.fraction == 1.0
+    assert "Predicting motion" in j.progress_text or j.stage == "decode"
+
+
+def test_job_cancel_acknowledged(fake_worker):
+    c = fake_worker()
+    j = _job(lambda: c, "slow")
+    time.sleep(0.3)
+    j.poll()
+    j.cancel()
+    assert j.cancelling and j.label == "Cancelling..."
+    assert j.wait(timeout=20) == jobmod.CANCELLED
+    assert not j.killed_worker and c.alive  # the worker stays up for the next run
+
+
+def test_job_cancel_kills_a_worker_that_does_not_answer(fake_worker):
+    c = fake_worker()
+    j = _job(lambda: c, "hang", cancel_grace=0.5)
+    time.sleep(0.2)
+    j.cancel()
+    assert j.wait(timeout=20) == jobmod.CANCELLED
+    assert j.killed_worker and not c.alive
+
+
+def test_job_error_and_crash(fake_worker):
+    c = fake_worker()
+    j = _job(lambda: c, "error")
+    assert j.wait(timeout=10) == jobmod.ERROR and "not a ScanTalk model" in j.message
+    c2 = fake_worker()
+    j2 = _job(lambda: c2, "crash")
+    assert j2.wait(timeout=10) == jobmod.ERROR
+    assert "exited with code 3" in j2.message and "boom in the backend" in j2.message
+
+
+def test_job_factory_failure_is_an_error_state():
+    def factory():
+        raise WorkerError("could not start the ScanTalk backend (nope)", code="not_started")
+
+    j = _job(factory, "ok")
+    assert j.state == jobmod.ERROR and "could not start" in j.message
+    assert j.poll() == jobmod.ERROR
+
+
+def test_job_progress_parsing_with_fake_clock():
+    class Req:
+        id = "r1"
+
+        def __init__(self):
+            self.evs = []
+
+        def poll(self):
+            out, self.evs = self.evs, []
+            return out
+
+    class Client:
+        killed = False
+
+        def __init__(self):
+            self.req = Req()
+
+        def request(self, cmd, **f):
+            return self.req
+
+        def cancel(self, target):
+            pass
+
+        def kill(self):
+            self.killed = True
+
+        def stderr_tail(self):
+            return ""
+
+    now = [0.0]
+    cl = Client()
+    j = jobmod.AnimateJob(lambda: cl, {}, cancel_grace=5, clock=lambda: now[0]).start()
+    cl.req.evs += [{"event": "progress", "id": "r1", "stage": "load_model", "fraction": 0.08, "message": "m"},
+                   {"event": "progress", "id": "r1", "stage": "operators", "fraction": "bad"},
+                   {"event": "progress", "id": "r1", "stage": "audio", "fraction": 0.02}]
+    assert j.poll() == jobmod.RUNNING
+    assert j.stage == "audio" and j.fraction == pytest.approx(0.08)  # never backwards, junk ignored
+    j.cancel()
+    now[0] = 4.9
+    assert j.poll() == jobmod.RUNNING and not cl.killed
+    now[0] = 5.1
+    assert j.poll() == jobmod.CANCELLED and cl.killed
+
+
+# ---- backend discovery -------------------------------------------------------------------------------
+def _bundle(tmp_path, reqs=("numpy",)):
+    b = tmp_path / "bundled"
+    (b / "backend").mkdir(parents=True)
+    (b / "backend" / "__init__.py").write_text("")
+    (b / "requirements.txt").write_text("\n".join(reqs) + "\n")
+    return str(b)
+
+
+def test_resolve_prefers_preferences_then_env(tmp_path):
+    bundle = _bundle(tmp_path)
+    be = backend_env.resolve(pref_python=sys.executable, bundle_dir=bundle, env={})
+    assert be.source == "preferences" and be.python == sys.executable
+    be = backend_env.resolve(bundle_dir=bundle, env={backend_env.ENV_VAR: sys.executable})
+    assert be.source == "environment"
+    assert be.worker_argv() == [sys.executable, "-m", "backend", "serve"]
+
+
+def test_resolve_bundle_goes_on_pythonpath_only_when_needed(tmp_path):
+    bundle = _bundle(tmp_path)
+    be = backend_env.resolve(pref_python=sys.executable, bundle_dir=bundle, env={})
+    env = be.worker_env({"PYTHONHOME": "/blender/python"})
+    assert "PYTHONHOME" not in env
+    if be.use_bundle:
+        assert env["PYTHONPATH"].split(os.pathsep)[0] == bundle
+
+
+def test_resolve_explicit_bad_python_is_an_error(tmp_path):
+    with pytest.raises(backend_env.BackendNotFound) as ei:
+        backend_env.resolve(pref_python=str(tmp_path / "nope" / "python"), env={})
+    assert "does not exist" in str(ei.value)
+
+
+def test_resolve_missing_requirement_is_named(tmp_path):
+    bundle = _bundle(tmp_path, reqs=("numpy", "surely-not-installed-pkg>=1"))
+    with pytest.raises(backend_env.BackendNotFound) as ei:
+        backend_env.resolve(pref_python=sys.executable, bundle_dir=bundle, env={})
+    assert "surely-not-installed-pkg" in str(ei.value)
+
+
+def test_resolve_nothing_found_says_where_to_set_up(tmp_path):
+    with pytest.raises(backend_env.BackendNotFound) as ei:
+        backend_env.resolve(venv_dir=str(tmp_path / "venv"), running_python=None, bundle_dir=None, env={})
+    assert "Set up backend" in str(ei.value) and str(tmp_path / "venv") in str(ei.value)
+
+
+def test_resolve_running_interpreter_with_bundle(tmp_path):
+    bundle = _bundle(tmp_path)
+    be = backend_env.resolve(venv_dir=str(tmp_path / "venv"), running_python=sys.executable, bundle_dir=bundle,
+                             env={})
+    assert be.source == "blender"
+
+
+def test_requirement_names():
+    assert backend_env.requirement_names(["torch>=2.2,<3", "robust-laplacian>=0.2", "a[x]==1", "b ; python_version>'3'"]) \
+        == ["torch", "robust-laplacian", "a", "b"]
+
+
+def test_setup_task_without_requirements_fails_readably(tmp_path):
+    t = backend_env.SetupTask(sys.executable, str(tmp_path / "venv"), None).start()
+    assert t.join(30) == "ERROR" and "requirements" in t.message
+
+
+# ---- audio timing (duck-typed strips; real strips are tested under bpy) ---------------------------------
+def _scene(strips, fps=24, base=1.0, channels_muted=()):
+    se = types.SimpleNamespace(strips_all=strips, channels={c: types.SimpleNamespace(mute=True) for c in channels_muted})
+    return types.SimpleNamespace(name="Scene", sequence_editor=se, frame_start=1,
+                                 render=types.SimpleNamespace(fps=fps, fps_base=base))
+
+
+def _strip(name, start, off_start=0, length=100, off_end=0, mute=False, channel=1, kind="SOUND", sound_offset=0.0):
+    return types.SimpleNamespace(name=name, type=kind, frame_start=float(start), frame_offset_start=off_start,
+                                 frame_final_start=start + off_start, frame_final_end=start + length - off_end,
+                                 mute=mute, channel=channel, sound_offset=sound_offset, sound=None)
+
+
+def test_strip_timing_with_trims_and_offset():
+    s = _strip("v", start=17, off_start=10, length=170, off_end=20, sound_offset=0.5)
+    first, start, dur = audio_source.strip_timing(s, 24.0)
+    assert first == 27
+    assert start == pytest.approx(10 / 24 + 0.5)
+    assert dur == pytest.approx(140 / 24)
+
+
+def test_scene_fps_uses_fps_base():
+    assert audio_source.scene_fps(_scene([], fps=30, base=1.001)) == pytest.approx(29.97, abs=1e-3)
+
+
+def test_choose_strip_skips_muted_and_non_sound():
+    a = _strip("muted", 1, mute=True)
+    b = _strip("later", 50)
+    c = _strip("first", 10)
+    m = _strip("movie", 1, kind="MOVIE")
+    d = _strip("chan_muted", 2, channel=3)
+    strip, note = audio_source.choose_strip(_scene([a, b, c, m, d], channels_muted=(3,)))
+    assert strip.name == "first" and "2 unmuted" in note
+    assert audio_source.choose_strip(_scene([a, b]), "muted")[0].name == "muted"  # by name: allowed
+    with pytest.raises(audio_source.AudioSourceError, match="not a sound strip"):
+        audio_source.choose_strip(_scene([m]), "movie")
+    with pytest.raises(audio_source.AudioSourceError, match="muted"):
+        audio_source.choose_strip(_scene([a]))
+    with pytest.raises(audio_source.AudioSourceError, match="no sound strip"):
+        audio_source.choose_strip(_scene([m]))
+
+
+def test_sequences_all_of_blender_42():
+    se = types.SimpleNamespace(sequences_all=[_strip("x", 1)])
+    scene = types.SimpleNamespace(name="S", sequence_editor=se)
+    assert [s.name for s in audio_source.strips_all(scene)] == ["x"]
+    assert audio_source.strips_collection_name(scene) == "sequences_all"
+
+
+# ---- axes -----------------------------------------------------------------------------------------------
+def test_axis_maps_are_rotations_into_y_up_z_forward():
+    R = mesh_export.rotation_for("Z_UP")
+    assert np.allclose(R @ R.T, np.eye(3)) and np.isclose(np.linalg.det(R), 1)
+    assert np.allclose(R @ [0, 0, 1], [0, 1, 0])  # Blender up -> model up
+    assert np.allclose(R @ [0, -1, 0], [0, 0, 1])  # Blender front (-Y) -> model front (+Z)
+    assert np.allclose(mesh_export.rotation_for("Y_UP"), np.eye(3))
+
+
+def test_detect_axes_from_shape_and_orientation():
+    eye = np.eye(4)
+    tall_z = np.array([[0, 0, 0], [0.16, 0.2, 0.3]])  # Z-up head: taller (z) than deep (y)
+    tall_y = tall_z[:, [0, 2, 1]]
+    assert mesh_export.detect_axes(eye, tall_z)[0] == "Z_UP"
+    axes, note = mesh_export.detect_axes(eye, tall_y)  # FLAME imported without conversion, lying down
+    assert axes == "Y_UP" and "lies on its side" in note
+    rot_x90 = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], float)  # stood up
+    assert mesh_export.detect_axes(rot_x90, tall_y) == ("Y_UP", "")
+    cube = np.array([[0, 0, 0], [1, 1, 1]])  # no shape cue: the orientation decides
+    assert mesh_export.detect_axes(rot_x90, cube)[0] == "Y_UP"
+    assert mesh_export.detect_axes(eye, cube)[0] == "Z_UP"
+
+
+# ---- compact numerics ------------------------------------------------------------------------------------
+def _offsets(T=120, V=900, rank=6, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((rank, V * 3)).astype(np.float32) * 1e-3
+    w = np.sin(np.linspace(0, 12, T)[:, None] * (1 + np.arange(rank))).astype(np.float32)
+    D = w @ basis + 3e-4  # a constant part: the mean must be representable
+    return (D + noise * rng.standard_normal(D.shape).astype(np.float32)).astype(np.float32)
+
+
+def _max_err(D, W, B):
+    R = (D - W @ B).reshape(D.shape[0], -1, 3)
+    return float(np.sqrt((R ** 2).sum(-1)).max())
+
+
+@pytest.mark.parametrize("T", [40, 600])  # Gram path and randomized path
+def test_compact_basis_meets_the_tolerance(T):
+    D = _offsets(T=T, noise=2e-6)
+    tol = 2e-5
+    W, B, err, K = writeback.compact_basis(D, tol, k_max=64)
+    assert err <= tol and _max_err(D, W, B) == pytest.approx(err, rel=1e-3, abs=1e-7)
+    assert 7 <= K <= 40  # rank 6 + mean needs 7; noise may need a few more
+
+
+def test_compact_basis_minimal_k():
+    D = _offsets(T=80, rank=4, noise=0.0)
+    W, B, err, K = writeback.compact_basis(D, 1e-6, k_max=32)
+    assert K == 5 and err <= 1e-6  # rank 4 + the constant offset, nothing more
+    W1, B1, e1, K1 = writeback.compact_basis(D, 1.0, k_max=32)
+    assert K1 == 1  # a huge tolerance needs one key
+
+
+def test_compact_basis_reports_real_error_when_k_max_is_too_small():
+    D = _offsets(T=80, rank=10)
+    W, B, err, K = writeback.compact_basis(D, 1e-9, k_max=3)
+    assert K == 3 and err > 1e-9 and err == pytest.approx(_max_err(D, W, B), rel=1e-3)
+
+
+def test_smooth_time_keeps_constants_and_smooths_steps():
+    x = np.ones((20, 6), np.float32)
+    assert np.allclose(writeback.smooth_time(x, 2.0), 1.0)
+    step = np.zeros((20, 1), np.float32)
+    step[10:] = 1
+    y = writeback.smooth_time(step, 1.5)
+    assert 0 < y[9, 0] < 0.5 < y[10, 0] < 1 and y[0, 0] == pytest.approx(0) and y[-1, 0] == pytest.approx(1)
+    assert writeback.smooth_time(step, 0) is not None and np.array_equal(writeback.smooth_time(step, 0), step)
+
+
+# ---- the zip ------------------------------------------------------------------------------------------
+def test_build_addon_zip(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import build_addon
+
+    path = build_addon.build(tmp_path)
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        reqs = zf.read("bundled/requirements.txt").decode()
+        manifest = zf.read("blender_manifest.toml").decode()
+    assert "blender_manifest.toml" in names and "__init__.py" in names and "worker_client.py" in names
+    assert "bundled/backend/__init__.py" in names and "bundled/backend/worker.py" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert not [n for n in names if build_addon.FORBIDDEN.search(n.split("/")[-1])]
+    assert "torch" in reqs and 'id = "scantalk"' in manifest
+    assert not [n for n in names if n.startswith(("tests/", "training/"))]
+
+
+def test_build_never_bundles_licensed_files():
+    import build_addon
+
+    for bad in ["assets/FLAME_sample.ply", "assets/biwi_head.obj", "assets/scantalk_vocaset.pth.tar",
+                "assets/official_format_tiny.pth.tar", "assets/x.pth"]:
+        assert build_addon.FORBIDDEN.search(bad), bad
+    for ok in ["assets/default_model.pt", "assets/demo_head.obj", "worker.py"]:
+        assert not build_addon.FORBIDDEN.search(ok), ok
