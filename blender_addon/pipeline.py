@@ -99,6 +99,7 @@ def prepare(context, settings: Settings) -> Prepared:
         obj.update_from_editmode()
         if bpy.ops.object.mode_set.poll():
             bpy.ops.object.mode_set(mode="OBJECT")
+    context.view_layer.update()  # a script may have just moved the object: matrix_world must be current
     ckpt = ""
     if settings.checkpoint:
         ckpt = os.path.normpath(bpy.path.abspath(settings.checkpoint))
