@@ -229,9 +229,9 @@ class _ExportBase:
         tag = writeback.result_info(obj)
         scene = context.scene
         old = (scene.frame_start, scene.frame_end)
-        if tag:  # the clip must be inside the exported range
-            scene.frame_start = min(scene.frame_start, int(tag["frame_start"]))
-            scene.frame_end = max(scene.frame_end, int(tag["frame_end"]))
+        if tag:  # the clip, and the neutral frames either side of it, must be in the exported range
+            scene.frame_start = min(scene.frame_start, int(tag["frame_start"]) - 1)
+            scene.frame_end = max(scene.frame_end, int(tag["frame_end"]) + 1)
         return old
 
     def _select_only(self, context, obj):
