@@ -366,11 +366,12 @@ class _SetupCancelled(Exception):
     pass
 
 
-def doctor(backend: Backend, timeout: float = 300.0) -> dict:
+def doctor(backend: Backend, extra_args: list[str] | None = None, timeout: float = 300.0) -> dict:
     """Run the worker's `doctor` command once in a fresh worker and return its result."""
     from .worker_client import WorkerClient
 
-    client = WorkerClient(backend.worker_argv(), env=backend.worker_env(), cwd=_neutral_dir()).start()
+    client = WorkerClient(backend.worker_argv() + list(extra_args or []), env=backend.worker_env(),
+                          cwd=_neutral_dir()).start()
     try:
         return client.call("doctor", timeout=timeout)
     finally:

@@ -381,7 +381,7 @@ class SCANTALK_OT_check_backend(bpy.types.Operator):
 
         def work():
             try:
-                res = backend_env.doctor(backend)
+                res = backend_env.doctor(backend, ["--cache-dir", runtime.cache_dir()])
                 runtime.doctor_lines = [f"Backend OK: {backend.describe()}", *backend_env.format_doctor(res)]
             except WorkerError as exc:
                 runtime.doctor_lines = [f"Backend check failed: {backend.python}",

@@ -45,7 +45,7 @@ class WorkerError(Exception):
         msg = str(self)
         hint = _CODE_HINTS.get(self.code)
         if hint and hint not in msg:
-            msg = f"{msg} {hint}"
+            msg = f"{msg.rstrip()}{'' if msg.rstrip().endswith(('.', '!', '?')) else '.'} {hint}"
         if with_stderr and self.stderr_tail and self.code in ("crashed", "internal", "not_started"):
             lines = [ln for ln in self.stderr_tail.splitlines() if ln.strip()][-max_lines:]
             if lines:
