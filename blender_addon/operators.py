@@ -378,10 +378,11 @@ class SCANTALK_OT_check_backend(bpy.types.Operator):
             _report_lines(self, "ERROR", f"ScanTalk: {exc}")
             return {"CANCELLED"}
         runtime.doctor_lines = [f"Checking {backend.describe()} ..."]
+        args = ["--cache-dir", runtime.cache_dir()]  # bpy is not called from the thread
 
         def work():
             try:
-                res = backend_env.doctor(backend, ["--cache-dir", runtime.cache_dir()])
+                res = backend_env.doctor(backend, args)
                 runtime.doctor_lines = [f"Backend OK: {backend.describe()}", *backend_env.format_doctor(res)]
             except WorkerError as exc:
                 runtime.doctor_lines = [f"Backend check failed: {backend.python}",

@@ -176,7 +176,7 @@ def apply_result(context, prep: Prepared, result: dict, timings: dict | None = N
         scene.frame_end = tag["frame_end"]
     if s.mode == "COMPACT":
         err_mm = tag["max_error"] * mpu * 1000
-        detail = f"{tag['basis_size']} basis keys, max error {err_mm:.3f} mm"
+        detail = f"{tag['basis_size']} basis keys, error <= {err_mm:.3f} mm"
         if err_mm > s.max_error_mm * 1.0001:
             prep.warnings.append(f"the max error {err_mm:.3f} mm is above the {s.max_error_mm:g} mm asked for: "
                                  f"raise Max Basis Keys in the preferences or use Exact mode")

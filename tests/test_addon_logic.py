@@ -407,7 +407,7 @@ def test_compact_basis_meets_the_tolerance(T):
     D = _offsets(T=T, noise=2e-6)
     tol = 2e-5
     W, B, err, K = writeback.compact_basis(D, tol, k_max=64)
-    assert err <= tol and _max_err(D, W, B) == pytest.approx(err, rel=1e-3, abs=1e-7)
+    assert _max_err(D, W, B) <= err * (1 + 1e-4) and err <= tol  # a bound, within the tolerance
     assert 7 <= K <= 40  # rank 6 + mean needs 7; noise may need a few more
 
 
