@@ -321,11 +321,6 @@ class SetupTask:
             if not vpy.exists():
                 self._step(0.02, "Creating virtual environment")
                 self._run_cmd([self.base_python, "-m", "venv", self.venv_dir])
-            self._step(0.08, "Updating pip")
-            try:
-                self._run_cmd([str(vpy), "-m", "pip", "install", "--upgrade", "pip", "--progress-bar", "off"])
-            except RuntimeError:
-                pass  # an old pip still works in most cases
             n = [0]
 
             def on_pip(line):

@@ -46,7 +46,9 @@ class SCANTALK_OT_animate(bpy.types.Operator):
 
     bl_idname = "scantalk.animate"
     bl_label = "Animate"
-    bl_options = {"REGISTER", "UNDO"}
+    # UNDO without REGISTER: one undo step, but no redo panel (a redo would re-run the backend
+    # synchronously and freeze the UI; re-run from the panel instead).
+    bl_options = {"UNDO"}
 
     strip: StringProperty(name="Strip", description=DESCRIPTIONS["strip"], options={"SKIP_SAVE"})
     audio_path: StringProperty(name="Audio File", description=DESCRIPTIONS["audio_path"], subtype="FILE_PATH",

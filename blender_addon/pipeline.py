@@ -153,6 +153,10 @@ def apply_result(context, prep: Prepared, result: dict, timings: dict | None = N
     if obj is None:
         raise PipelineError(f"Object '{prep.object_name}' was deleted while it was being animated.")
     scene = bpy.data.scenes.get(prep.scene_name) or context.scene
+    if obj.mode == "EDIT":  # keys written in edit mode would be overwritten when it is left
+        obj.update_from_editmode()
+        if context.view_layer.objects.active == obj and bpy.ops.object.mode_set.poll():
+            bpy.ops.object.mode_set(mode="OBJECT")
     offsets, fps, meta = load_result(result.get("out") or prep.fields["out"])
     if math.isfinite(fps) and abs(fps - prep.audio.fps) > 1e-3:
         raise PipelineError(f"The backend returned {fps:g} fps for a {prep.audio.fps:g} fps scene.")

@@ -461,3 +461,21 @@ def test_build_never_bundles_licensed_files():
         assert build_addon.FORBIDDEN.search(bad), bad
     for ok in ["assets/default_model.pt", "assets/demo_head.obj", "worker.py"]:
         assert not build_addon.FORBIDDEN.search(ok), ok
+
+
+def test_setup_task_makes_a_venv_that_imports_the_bundle(tmp_path):
+    """Set up backend, offline: a venv, pip (here only 'pip' itself is required: already satisfied,
+    no download), the .pth pointing at the bundle, and the probe; discovery then finds the venv."""
+    import subprocess
+
+    bundle = _bundle(tmp_path, reqs=("pip",))
+    venv = tmp_path / "venv"
+    task = backend_env.SetupTask(sys.executable, str(venv), bundle).start()
+    assert task.join(300) == "DONE", task.message + "\n" + "\n".join(task.log[-20:])
+    assert task.fraction == 1.0 and "ready" in task.message.lower()
+    vpy = backend_env.venv_python(venv)
+    out = subprocess.run([str(vpy), "-c", "import backend; print(backend.__file__)"], capture_output=True,
+                         text=True, cwd=str(tmp_path / ".."))
+    assert out.returncode == 0 and out.stdout.strip().startswith(bundle), out
+    be = backend_env.resolve(venv_dir=str(venv), bundle_dir=bundle, env={})
+    assert be.source == "venv" and be.python == str(vpy) and not be.use_bundle  # the venv imports it itself
