@@ -40,6 +40,9 @@ def manifest_version() -> str:
             raise SystemExit(f"blender_manifest.toml lacks '{key}'")
     if len(data["tagline"]) > 64:
         raise SystemExit("blender_manifest.toml: tagline is longer than 64 characters")
+    for name, reason in data.get("permissions", {}).items():
+        if len(reason) > 64 or reason.endswith("."):
+            raise SystemExit(f"blender_manifest.toml: permission '{name}': at most 64 characters, no final period")
     return data["version"]
 
 
