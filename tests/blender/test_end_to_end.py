@@ -33,7 +33,7 @@ def e2e(scene, addon, backend):
     prefs.python_path = py  # the preferences' interpreter: first in the discovery order
     prefs.device = "cpu"
     yield ckpt
-    prefs.python_path = ""
+    prefs.python_path, prefs.device = "", "auto"
 
 
 def reference_offsets(obj, audio_start, duration, fps, ckpt):

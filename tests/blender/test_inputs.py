@@ -61,6 +61,20 @@ def test_fps_base_and_sound_offset(scene, audio, wav):
 
 
 @needs_audio
+def test_strip_longer_than_its_sound_is_clamped(scene, audio, wav):
+    import types
+
+    real = H.sound_strips_collection(scene).new_sound("voice", str(wav), channel=1, frame_start=1)
+    length = audio._sound_seconds(str(wav))
+    # a strip whose frames outlast its sound (what an fps change can leave behind)
+    long = types.SimpleNamespace(name="voice", sound=real.sound, frame_start=1.0, frame_final_start=11,
+                                 frame_final_end=11 + int(length * 24) + 50, sound_offset=0.0)
+    spec = audio.resolve_strip(scene, long)
+    assert spec.start == pytest.approx(10 / 24)
+    assert spec.duration == pytest.approx(length - 10 / 24, abs=1e-6)
+
+
+@needs_audio
 def test_muted_strips_skipped_and_named_strip_used(scene, audio, wav):
     strips = H.sound_strips_collection(scene)
     m = strips.new_sound("muted", str(wav), channel=1, frame_start=1)

@@ -29,7 +29,7 @@ def test_installed_extension_layout(addon):
     assert (root / "bundled" / "requirements.txt").read_text().count("torch") == 1
     assert addon.__name__ == PKG
     prefs = bpy.context.preferences.addons[PKG].preferences
-    assert prefs.device == "auto" and prefs.max_basis == 64
+    assert prefs.max_basis == 64 and prefs.device in ("auto", "cpu", "cuda")
     rt = __import__(PKG + ".runtime", fromlist=["x"])
     assert rt.bundle_dir() == str(root / "bundled")
     venv = Path(rt.venv_dir())
