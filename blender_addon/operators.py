@@ -39,6 +39,7 @@ class Running:
     def __init__(self, prep, job):
         self.prep = prep
         self.job = job
+        self.cancel_requested = False
 
 
 class SCANTALK_OT_animate(bpy.types.Operator):
@@ -98,6 +99,14 @@ class SCANTALK_OT_animate(bpy.types.Operator):
             _report_lines(self, "ERROR", f"ScanTalk: {exc}")
             runtime.last_message = str(exc)
             return {"CANCELLED"}
+        except Exception as exc:  # a bug or MemoryError: still a message in the UI, never a stuck state
+            import traceback
+
+            traceback.print_exc()
+            msg = f"unexpected error while writing the result ({type(exc).__name__}: {exc}); nothing was changed"
+            _report_lines(self, "ERROR", f"ScanTalk: {msg}")
+            runtime.last_message = msg
+            return {"CANCELLED"}
         finally:
             prep.cleanup()
 
@@ -145,13 +154,21 @@ class SCANTALK_OT_animate(bpy.types.Operator):
         run = runtime.active
         if run is None:
             return self._end(context, {"CANCELLED"})
-        if event.type == "ESC" and event.value == "PRESS":
-            run.job.cancel()
+        if event.type == "ESC":
+            if event.value == "PRESS":
+                run.job.cancel()
+            return {"RUNNING_MODAL"}  # Esc is ours while animating
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
         if getattr(run, "cancel_requested", False):
             run.job.cancel()
-        state = run.job.poll()
+        try:
+            state = run.job.poll()
+        except Exception as exc:  # never leave the panel stuck in "running"
+            run.job.cancel()
+            run.prep.cleanup()
+            _report_lines(self, "ERROR", f"ScanTalk: {exc}")
+            return self._end(context, {"CANCELLED"})
         _redraw()
         if state == RUNNING:
             return {"PASS_THROUGH"}
