@@ -174,30 +174,44 @@ def compact_basis(D: np.ndarray, max_error: float, k_max: int = 64):
     def left(k):  # energy of frame t the first k components leave (exact for orthonormal B)
         return energy - (cum[:, k - 1] if k else 0.0)
 
-    def err(k, limit):
+    def order(k):
         # blocks with the most energy left are where the error is: a failing K stops early there
         per_chunk = np.maximum.reduceat(left(k), np.arange(0, T, CHUNK))
-        return _max_vertex_error(D, W, B, k, np.argsort(-per_chunk)[:n_chunks], limit)
+        return np.argsort(-per_chunk)[:n_chunks]
+
+    def err(k, limit, blocks=None):
+        return _max_vertex_error(D, W, B, k, order(k)[:blocks], limit)
+
+    def smallest(lo, hi, ok):
+        """Smallest k in [lo, hi] with ok(k), assuming ok is monotone; hi if none."""
+        fail, k, step = lo - 1, lo, 1
+        while not ok(k) and k < hi:  # gallop up: failures are cheap
+            fail, k, step = k, min(hi, k + step), step * 2
+        while k - fail > 1:
+            mid = (fail + k) // 2
+            if ok(mid):
+                k = mid
+            else:
+                fail = mid
+        return k
 
     tol = float(max_error)
     lo = 1  # below it, some frame's leftover energy alone exceeds the tolerance
     while lo < kmax and math.sqrt(max(0.0, float((left(lo) - slack).max())) / V) > tol:
         lo += 1
-    # gallop up from the lower bound (failures are cheap), then bisect down to the smallest K
-    fail, k, step = lo - 1, lo, 1
-    e = err(k, tol)
-    while e > tol and k < kmax:
-        fail, k, step = k, min(kmax, k + step), step * 2
-        e = err(k, tol)
-    if e > tol:  # k_max is not enough: report its real error
+    # 1) a cheap lower bound of the error: the few blocks with the most energy left
+    k0 = smallest(lo, kmax, lambda k: err(k, tol, blocks=3) <= tol)
+    # 2) the full check from there up (usually passes at once)
+    found = {}
+
+    def full_ok(k):
+        found[k] = err(k, tol)
+        return found[k] <= tol
+
+    k = smallest(k0, kmax, full_ok)
+    e = found.get(k)
+    if e is None or e > tol:  # k_max is not enough: report its real error
         return W, B[:kmax], err(kmax, None), kmax
-    while k - fail > 1:
-        mid = (fail + k) // 2
-        em = err(mid, tol)
-        if em <= tol:
-            k, e = mid, em
-        else:
-            fail = mid
     return W[:, :k], B[:k], e, k
 
 
