@@ -145,11 +145,13 @@ def sound_file(sound, temp_dir: str | None = None) -> tuple[str, bool]:
 
 
 def strip_timing(strip, fps: float) -> tuple[int, float, float]:
-    """(first scene frame, start seconds into the sound, duration seconds) of a strip's audible part."""
+    """(first scene frame, start seconds into the sound, duration seconds) of a strip's audible part.
+    start is negative when the strip's sound offset makes it begin before its audio."""
     first = int(round(strip.frame_final_start))
     last = int(round(strip.frame_final_end))  # exclusive
     start = (strip.frame_final_start - strip.frame_start) / fps + float(getattr(strip, "sound_offset", 0.0) or 0.0)
-    return first, max(0.0, start), max(0, last - first) / fps
+    # start < 0 (a negative sound offset): the backend pads that much silence before the audio
+    return first, start, max(0, last - first) / fps
 
 
 def resolve_strip(scene, strip, temp_dir: str | None = None) -> AudioSpec:

@@ -337,6 +337,11 @@ def test_strip_timing_with_trims_and_offset():
     assert dur == pytest.approx(140 / 24)
 
 
+def test_negative_sound_offset_gives_leading_silence():
+    s = _strip("v", start=1, sound_offset=-0.5)
+    assert audio_source.strip_timing(s, 24.0)[1] == pytest.approx(-0.5)  # the backend pads silence
+
+
 def test_scene_fps_uses_fps_base():
     assert audio_source.scene_fps(_scene([], fps=30, base=1.001)) == pytest.approx(29.97, abs=1e-3)
 
