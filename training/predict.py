@@ -87,7 +87,9 @@ def pearson(a, b) -> float:
     a = np.asarray(a, np.float64) - np.mean(a)
     b = np.asarray(b, np.float64) - np.mean(b)
     den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else float("nan")
+    if not den > 1e-18:  # a constant curve (e.g. the no-motion baseline) has no correlation
+        return float("nan")
+    return float((a * b).sum() / den)
 
 
 def mouth_correlation(listing, pred_dir) -> dict:
