@@ -67,6 +67,49 @@ def flame_head(z_up=True, name="FLAME"):
     return obj
 
 
+DEMO_HEAD = ROOT / "backend" / "assets" / "demo_head.obj"  # ICT FaceKit (MIT), metres, y up, facing +z
+DEMO_VOICE = ROOT / "backend" / "assets" / "demo_voice.wav"  # public domain
+
+
+def voice() -> Path | None:
+    """Speech for end-to-end runs: ../shared's short clip, else the project's demo voice."""
+    for p in (TINY / "speech_16k.wav", DEMO_VOICE):
+        if p.is_file():
+            return p
+    return None
+
+
+def wav_seconds(path) -> float:
+    import wave
+
+    try:
+        with wave.open(str(path)) as w:
+            return w.getnframes() / w.getframerate()
+    except (wave.Error, EOFError):
+        return 20.0  # not PCM: an upper bound for the short clips used here
+
+
+def demo_head(name="Demo"):
+    """The project's demo head (OBJ, y up), its data rotated into Blender's Z-up facing -Y."""
+    import pytest
+
+    if not DEMO_HEAD.is_file():
+        pytest.skip(f"{DEMO_HEAD} not present")
+    verts, faces = [], []
+    for line in DEMO_HEAD.read_text().splitlines():
+        if line.startswith("v "):
+            x, y, z = map(float, line.split()[1:4])
+            verts.append((x, -z, y))
+        elif line.startswith("f "):
+            faces.append([int(t.split("/")[0]) - 1 for t in line.split()[1:]])
+    return mesh_object(name, verts, faces)
+
+
+def test_head(name="Head"):
+    """FLAME_sample (../shared) if present, else the demo head; Z-up in Blender's convention."""
+    return flame_head(z_up=True, name=name) if FLAME.is_file() else demo_head(name)
+
+
 def coords(obj) -> np.ndarray:
     me = obj.data
     a = np.empty(len(me.vertices) * 3, np.float32)

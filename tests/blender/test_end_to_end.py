@@ -1,7 +1,8 @@
 """End to end through the real backend subprocess (python -m backend serve), the add-on installed
-from its zip: a FLAME head rotated into Blender's Z-up and placed anywhere, with the user's own
-shape keys; a sound strip starting at a non-1 frame, trimmed, in a 24 fps scene (5.0; bpy 4.2's
-wheel has no audio, so there an audio file starts the clip at the scene's start frame).
+from its zip: a head (FLAME_sample from ../shared, else the project's demo head) rotated into
+Blender's Z-up and placed anywhere, with the user's own shape keys; a sound strip starting at a
+non-1 frame, trimmed, in a 24 fps scene (5.0; bpy 4.2's wheel has no audio, so there an audio
+file starts the clip at the scene's start frame).
 
 The reference is the backend asked directly for the same part of the audio at the same fps, on
 the same mesh mapped to y-up/+z by hand here (not by the add-on's code): frame f must show the
@@ -21,14 +22,14 @@ from tests.blender.conftest import PKG  # noqa: E402
 from tests.blender.test_fbx import fbx_roundtrip  # noqa: E402
 
 pytestmark = pytest.mark.slow
-WAV = H.TINY / "speech_16k.wav"
+WAV = H.voice()  # ../shared's 3 s clip, else the project's demo voice
 
 
 @pytest.fixture
 def e2e(scene, addon, backend):
     py, ckpt = backend
-    if not WAV.is_file():
-        pytest.skip(f"{WAV} not present")
+    if WAV is None:
+        pytest.skip("no speech file (../shared or backend/assets/demo_voice.wav)")
     prefs = bpy.context.preferences.addons[PKG].preferences
     prefs.python_path = py  # the preferences' interpreter: first in the discovery order
     prefs.device = "cpu"
@@ -46,7 +47,8 @@ def reference_offsets(obj, audio_start, duration, fps, ckpt):
     me.shape_keys.reference_key.data.foreach_get("co", co) if me.shape_keys else me.vertices.foreach_get("co", co)
     co = co.reshape(-1, 3).astype(np.float64)
     model = np.stack([co[:, 0], co[:, 2], -co[:, 1]], axis=1)  # Blender Z-up/-Y front -> y-up/+z front
-    faces = np.array([tuple(p.vertices) for p in me.polygons], dtype=np.int64)
+    me.calc_loop_triangles()
+    faces = np.array([tuple(t.vertices) for t in me.loop_triangles], dtype=np.int64)
     tmp = tempfile.mkdtemp(prefix="scantalk_ref_")
     np.savez(os.path.join(tmp, "m.npz"), vertices=model, faces=faces)
     client = wc.WorkerClient(be.worker_argv() + ["--cache-dir", rt.cache_dir()], env=be.worker_env()).start()
@@ -61,7 +63,7 @@ def reference_offsets(obj, audio_start, duration, fps, ckpt):
 
 
 def placed_head():
-    obj = H.flame_head(z_up=True, name="Head")
+    obj = H.test_head("Head")
     obj.location, obj.rotation_euler, obj.scale = (0.3, -2.0, 1.2), (0.0, 0.0, 0.45), (3.0, 3.0, 3.0)
     before = H.add_user_keys(obj)
     return obj, before
@@ -114,7 +116,7 @@ def test_strip_end_to_end(e2e, scene, mode, tmp_path):
         assert H.keyframes(fc)[:, 0].tolist() == [first - 1, first, first + 1]
     else:
         mpu = tag["metres_per_unit"]
-        assert mpu == 1.0  # FLAME is in metres; the object's scale of 3 does not change that
+        assert mpu == 1.0  # the head is in metres; the object's scale of 3 does not change that
         tol = max(1e-4, tag["max_error"]) / mpu + 1e-6
         worst = check_motion(obj, before_eval, ref, first, tol=tol)
         print(f"compact: K={tag['basis_size']} max_error={tag['max_error']:.2e} measured={worst:.2e}")
@@ -127,7 +129,7 @@ def test_audio_file_end_to_end(e2e, scene):
     """Both bpy versions: an audio file, the clip starting at the scene's start frame (7)."""
     obj, before = placed_head()
     scene.frame_start = 7
-    T_est = int(3.0 * 24) + 2
+    T_est = int(H.wav_seconds(WAV) * 24) + 2
     before_eval = {f: H.evaluated(obj, f) for f in range(6, 7 + T_est + 2)}
     assert bpy.ops.scantalk.animate(audio_path=str(WAV), mode="EXACT", checkpoint=e2e) == {"FINISHED"}
     ref = reference_offsets(obj, 0.0, None, 24.0, e2e)
