@@ -143,3 +143,17 @@ def test_transformer_encoders_from_tiny_config_and_local_dir(kind, tmp_path):
     # loud and quiet versions of the same utterance look the same after normalisation
     with torch.no_grad():
         torch.testing.assert_close(enc(wav * 7.0, n), a, rtol=1e-4, atol=1e-4)
+
+
+def test_sparse_operator_forward_and_backward_equal_dense():
+    v, f = icosphere(1)
+    ops = TorchOperators.from_numpy(compute_operators(v, f, k_eig=8))
+    x = torch.randn(len(v), 6, requires_grad=True)
+    y = ops.grad @ x
+    (y ** 2).sum().backward()
+    dense = torch.from_numpy(ops.grad.csr.toarray())
+    x2 = x.detach().clone().requires_grad_()
+    ((dense @ x2) ** 2).sum().backward()
+    torch.testing.assert_close(y, (dense @ x2).detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close((ops.grad * 2.0) @ x.detach(), 2 * y.detach())

@@ -18,6 +18,61 @@ from torch import nn
 from .geometry import Operators
 
 
+class _ScipyMatmul(torch.autograd.Function):
+    """y = A x on CPU through scipy; the backward multiplies by a cached CSR of Aᵀ."""
+
+    @staticmethod
+    def forward(ctx, x, op):
+        ctx.op = op
+        return torch.from_numpy(op.csr @ x.detach().contiguous().numpy())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.from_numpy(ctx.op.csr_t @ grad.contiguous().numpy()), None
+
+
+class SparseOperator:
+    """A fixed sparse matrix applied to dense [V, N] tensors with autograd.
+
+    On CPU it runs through scipy: measured here, scipy's CSR product is ~2x faster than torch's
+    sparse CSR forward at 5k vertices and its transpose product ~3x faster than torch's backward
+    (which re-sorts the transpose on every call). On CUDA it is a torch sparse CSR tensor.
+    """
+
+    def __init__(self, csr, device="cpu"):
+        import scipy.sparse as sp
+
+        self.csr = sp.csr_matrix(csr, dtype=np.float32)
+        self.device = torch.device(device)
+        self.shape = self.csr.shape
+        self._csr_t = None
+        self._torch = None
+        if self.device.type != "cpu":
+            with warnings.catch_warnings():  # CSR is "beta" in torch; scipy built it, so it is valid
+                warnings.simplefilter("ignore", UserWarning)
+                self._torch = torch.sparse_csr_tensor(
+                    torch.from_numpy(self.csr.indptr.astype(np.int64)),
+                    torch.from_numpy(self.csr.indices.astype(np.int64)),
+                    torch.from_numpy(self.csr.data), size=self.shape).to(self.device)
+
+    @property
+    def csr_t(self):
+        if self._csr_t is None:
+            self._csr_t = self.csr.T.tocsr()
+        return self._csr_t
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._torch is not None:
+            return self._torch @ x
+        return _ScipyMatmul.apply(x, self)
+
+    def __mul__(self, s: float) -> "SparseOperator":
+        return SparseOperator(self.csr * np.float32(s), self.device)
+
+    def to(self, device) -> "SparseOperator":
+        return self if torch.device(device) == self.device else SparseOperator(self.csr, device)
+
+
 @dataclass
 class TorchOperators:
     """Operators of one shape on a device, ready for the layers."""
@@ -25,7 +80,7 @@ class TorchOperators:
     mass: torch.Tensor  # [V]
     evals: torch.Tensor  # [K]
     evecs: torch.Tensor  # [V, K]
-    grad: torch.Tensor  # sparse CSR [2V, V]: gradX stacked over gradY
+    grad: SparseOperator  # [2V, V]: gradX stacked over gradY
 
     @property
     def num_vertices(self) -> int:
@@ -35,21 +90,11 @@ class TorchOperators:
     def from_numpy(cls, ops: Operators, device="cpu") -> "TorchOperators":
         import scipy.sparse as sp
 
-        g = sp.vstack([ops.gradX, ops.gradY]).tocsr().astype(np.float32)
-        with warnings.catch_warnings():  # CSR is "beta" in torch; scipy built it, so it is valid
-            warnings.simplefilter("ignore", UserWarning)
-            grad = torch.sparse_csr_tensor(
-                torch.from_numpy(g.indptr.astype(np.int64)),
-                torch.from_numpy(g.indices.astype(np.int64)),
-                torch.from_numpy(g.data),
-                size=g.shape,
-            )
-        return cls(
-            mass=torch.from_numpy(np.ascontiguousarray(ops.mass, np.float32)).to(device),
-            evals=torch.from_numpy(np.ascontiguousarray(ops.evals, np.float32)).to(device),
-            evecs=torch.from_numpy(np.ascontiguousarray(ops.evecs, np.float32)).to(device),
-            grad=grad.to(device),
-        )
+        def dense(a):
+            return torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device)
+
+        return cls(mass=dense(ops.mass), evals=dense(ops.evals), evecs=dense(ops.evecs),
+                   grad=SparseOperator(sp.vstack([ops.gradX, ops.gradY]).tocsr(), device))
 
     def to(self, device) -> "TorchOperators":
         return TorchOperators(self.mass.to(device), self.evals.to(device), self.evecs.to(device), self.grad.to(device))
