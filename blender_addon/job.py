@@ -55,6 +55,8 @@ class AnimateJob:
             self.request = self.client.request("animate", **self.fields)
         except WorkerError as exc:
             self._fail(exc)
+        except Exception as exc:  # e.g. no backend found: its message says what to do
+            self._fail(WorkerError(str(exc), code="not_started"))
         return self
 
     def poll(self) -> str:

@@ -119,12 +119,8 @@ class SCANTALK_OT_animate(bpy.types.Operator):
             return {"CANCELLED"}
         job = AnimateJob(lambda: runtime.get_worker(context), prep.fields)
         try:
-            job.start()
+            job.start()  # a missing backend ends the job in ERROR with the message to show
             job.wait()
-        except BackendNotFound as exc:
-            prep.cleanup()
-            _report_lines(self, "ERROR", f"ScanTalk: {exc}")
-            return {"CANCELLED"}
         except KeyboardInterrupt:
             job.cancel()
             job.wait(timeout=10)
@@ -136,11 +132,10 @@ class SCANTALK_OT_animate(bpy.types.Operator):
             return self.execute(context)
         try:
             prep = self._prepare(context)
-            job = AnimateJob(lambda: runtime.get_worker(context), prep.fields)
-            job.start()
         except (pipeline.PipelineError, BackendNotFound) as exc:
             _report_lines(self, "ERROR", f"ScanTalk: {exc}")
             return {"CANCELLED"}
+        job = AnimateJob(lambda: runtime.get_worker(context), prep.fields).start()
         if job.state != RUNNING:
             return self._finish(context, prep, job)
         runtime.active = Running(prep, job)

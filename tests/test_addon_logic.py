@@ -208,6 +208,12 @@ def test_job_factory_failure_is_an_error_state():
     assert j.state == jobmod.ERROR and "could not start" in j.message
     assert j.poll() == jobmod.ERROR
 
+    def no_backend():
+        raise backend_env.BackendNotFound("No backend Python found. Open Edit > Preferences ...")
+
+    j = _job(no_backend, "ok")
+    assert j.state == jobmod.ERROR and j.message.startswith("No backend Python found")
+
 
 def test_job_progress_parsing_with_fake_clock():
     class Req:
