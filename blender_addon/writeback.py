@@ -62,44 +62,46 @@ def smooth_time(x: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _top_svd(D: np.ndarray, k: int, seed: int = 0):
-    """Leading k singular triplets of D [T,N] (float32): returns U*S [T,k], Vt [k,N] and the
-    squared row norms of D (from the Gram matrix when it is computed anyway)."""
+    """Leading k singular triplets of D [T,N] (float32): returns U*S [T,k], the rows of Vt
+    (computed on demand) and the squared row norms of D.
+
+    Short clips use the T x T Gram matrix; longer ones a randomized range finder with one power
+    step (Halko et al.): three thin products with D instead of a T x T x N one. The error is checked on
+    the data afterwards either way, so a less accurate basis only costs a few more keys."""
     T, N = D.shape
     k = min(k, T, N)
-    if T <= 4 * (k + 16):
-        G = (D @ D.T).astype(np.float64)  # T x T Gram: cheap when T is small
-        energy = np.diag(G).copy()
+    p = min(T, k + 16)
+    energy = np.einsum("tn,tn->t", D, D).astype(np.float64)
+    if T <= 2 * p:
+        G = (D @ D.T).astype(np.float64)
         lam, U = np.linalg.eigh(G)
         lam, U = lam[::-1], U[:, ::-1]
-    else:  # randomized range finder with one power iteration (Halko et al.); the error is checked anyway
-        energy = np.einsum("tn,tn->t", D, D, dtype=np.float64)
+        source, coef = D, U  # Vt rows = U^T D / s
+    else:
+        # range of (D D^T) applied to a small Gaussian sketch: a power step with no N x p
+        # random matrix to draw; three passes over D in all
         rng = np.random.default_rng(seed)
-        p = min(T, k + 16)
-        Y = D @ rng.standard_normal((N, p), dtype=np.float32)
-        for _ in range(1):
-            Q, _ = np.linalg.qr(Y)
-            Y = D @ (D.T @ Q)
+        Y = D @ (D.T @ rng.standard_normal((T, p), dtype=np.float32))
         Q, _ = np.linalg.qr(Y.astype(np.float64))
-        Bs = (Q.T.astype(np.float32) @ D)  # p x N
+        Bs = Q.T.astype(np.float32) @ D  # p x N: D projected on the range found
         lam, Ub = np.linalg.eigh((Bs @ Bs.T).astype(np.float64))
         lam, Ub = lam[::-1], Ub[:, ::-1]
         U = Q @ Ub
+        source, coef = Bs, Ub  # Vt rows = Ub^T Bs / s
     pos = lam > max(lam[0], 1e-30) * 1e-12
     k = int(min(k, pos.sum()))
-    if k == 0:
-        return np.zeros((T, 0), np.float32), _LazyRows(D, np.zeros((T, 0), np.float32), np.zeros(0, np.float32)), energy
-    s = np.sqrt(lam[:k]).astype(np.float32)
-    Uk = np.ascontiguousarray(U[:, :k], dtype=np.float32)
-    return Uk * s, _LazyRows(D, Uk, s), energy
+    s = np.sqrt(np.maximum(lam[:k], 0)).astype(np.float32)
+    W = np.ascontiguousarray(U[:, :k], dtype=np.float32) * s
+    return W, _LazyRows(source, np.ascontiguousarray(coef[:, :k], dtype=np.float32), s), energy
 
 
 class _LazyRows:
-    """Rows of Vt = diag(1/s) U^T D, computed in blocks only as far as they are asked for
-    (the search rarely needs all k_max of them)."""
+    """Rows of Vt = diag(1/s) C^T M, computed in blocks only as far as they are asked for
+    (the search rarely needs all of them)."""
 
-    def __init__(self, D, Uk, s, block: int = 16):
-        self.D, self.Uk, self.s, self.block = D, Uk, s, block
-        self.rows = np.zeros((0, D.shape[1]), np.float32)
+    def __init__(self, M, C, s, block: int = 16):
+        self.M, self.C, self.s, self.block = M, C, s, block
+        self.rows = np.zeros((0, M.shape[1]), np.float32)
 
     def __len__(self):
         return len(self.s)
@@ -109,7 +111,7 @@ class _LazyRows:
         if k > len(self.rows):
             n = min(len(self.s), -(-k // self.block) * self.block)
             a = len(self.rows)
-            new = (self.Uk[:, a:n].T @ self.D) / self.s[a:n, None]
+            new = (self.C[:, a:n].T @ self.M) / self.s[a:n, None]
             self.rows = np.concatenate([self.rows, new]) if a else new
         return self.rows[:k]
 
@@ -154,21 +156,32 @@ def _max_vertex_error(D, W, B, k, chunk_order, limit=None, chunk=CHUNK) -> float
     return worst
 
 
-def compact_basis(D: np.ndarray, max_error: float, k_max: int = 64):
+def compact_basis(D: np.ndarray, max_error: float, k_max: int = 64, k_first: int = 32):
     """Choose K and return (W [T,K], B [K,N], err, K) with D ~= W @ B.
 
     K is the smallest (up to k_max) whose reconstruction keeps every vertex of every frame within
     max_error, checked on the data; err is a bound of the real max error (exact near the limit).
-    If even k_max does not reach max_error, k_max is used and its real error returned."""
+    If even k_max does not reach max_error, k_max is used and its real error returned.
+    The basis is first computed for k_first keys (enough for most speech) and only widened when
+    that is not enough."""
     D = np.ascontiguousarray(D, dtype=np.float32)
+    k_try = max(1, min(k_max, k_first))
+    while True:
+        W, B, e, k, reached = _search_k(D, float(max_error), k_try)
+        if reached or k_try >= k_max or W.shape[1] < k_try:  # met, or no wider basis possible
+            return W, B, e, k
+        k_try = min(k_max, 2 * k_try)
+
+
+def _search_k(D, tol, k_try):
     T, N = D.shape
-    W, B, energy = _top_svd(D, k_max)
+    W, B, energy = _top_svd(D, k_try)
     kmax = W.shape[1]
     if kmax == 0:
-        return W, B[:0], 0.0, 0
+        return W, B[:0], 0.0, 0, True
     V = N // 3
     cum = np.cumsum(W.astype(np.float64) ** 2, axis=1)
-    slack = 1e-5 * energy  # float32 round-off in the energy difference: keep the bound a lower bound
+    slack = 1e-4 * energy  # float32 round-off in the energy difference: keep the bound a lower bound
     n_chunks = (T + CHUNK - 1) // CHUNK
 
     def left(k):  # energy of frame t the first k components leave (exact for orthonormal B)
@@ -195,7 +208,6 @@ def compact_basis(D: np.ndarray, max_error: float, k_max: int = 64):
                 fail = mid
         return k
 
-    tol = float(max_error)
     lo = 1  # below it, some frame's leftover energy alone exceeds the tolerance
     while lo < kmax and math.sqrt(max(0.0, float((left(lo) - slack).max())) / V) > tol:
         lo += 1
@@ -210,9 +222,9 @@ def compact_basis(D: np.ndarray, max_error: float, k_max: int = 64):
 
     k = smallest(k0, kmax, full_ok)
     e = found.get(k)
-    if e is None or e > tol:  # k_max is not enough: report its real error
-        return W, B[:kmax], err(kmax, None), kmax
-    return W[:, :k], B[:k], e, k
+    if e is None or e > tol:  # not reachable with this basis: report the real error of all of it
+        return W, B[:kmax], err(kmax, None), kmax, False
+    return W[:, :k], B[:k], e, k, True
 
 
 # ------------------------------------------------------------------------------------------------
