@@ -67,8 +67,9 @@ def resolve_checkpoint(path) -> Path:
     if DEFAULT_CHECKPOINT.is_file():
         return DEFAULT_CHECKPOINT
     raise NoCheckpoint(
-        "no bundled default model in this build; pass a checkpoint (--checkpoint PATH): an official "
-        "ScanTalk .pth.tar or a model trained with `python -m training.train`"
+        "this build has no bundled default model; choose a checkpoint file (the Checkpoint field in "
+        "Blender, --checkpoint on the command line): an official ScanTalk .pth.tar or a model "
+        "trained with `python -m training.train`"
     )
 
 
@@ -149,6 +150,22 @@ def encode_speech(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float,
     return (out / weight)[None]
 
 
+def input_warnings(model_verts: np.ndarray, reference_size: float, n_vertices: int) -> list[str]:
+    """Things that still work but that a user should know about."""
+    out = []
+    if reference_size > 0:
+        diag = float(np.linalg.norm(model_verts.max(0) - model_verts.min(0)))
+        ratio = diag / reference_size
+        if ratio > 2.0 or ratio < 0.4:
+            out.append(f"the mesh is {ratio:.1f}x the size of the heads this model was trained on "
+                       f"(after unit detection): if it is not a head, or its units are unusual, "
+                       f"expect weak or odd motion; set the units explicitly if they were guessed wrong")
+    if n_vertices > 150_000:
+        out.append(f"{n_vertices} vertices: this works, but a decimated copy (20-50k vertices) "
+                   f"animates several times faster with the same look")
+    return out
+
+
 def resample_motion(offsets: np.ndarray, fps_in: float, fps_out: float) -> np.ndarray:
     """Linear resampling in time; output frame j sits at j / fps_out seconds."""
     if abs(fps_in - fps_out) < 1e-9 or len(offsets) < 2:
@@ -219,6 +236,9 @@ def animate(mesh, audio, checkpoint=None, fps: float | None = None, device: str 
     cfg = model.cfg
     frame = fit_frame(verts, cfg.frame_centre, cfg.frame_size, normalize, units)
     model_verts = frame.to_model(verts)
+    warnings = input_warnings(model_verts, cfg.frame_size, len(verts))
+    for w in warnings:
+        log.warning(w)
     try:
         t = time.perf_counter()
         ops, ops_source = session.operators(model_verts, faces, model, dev)
@@ -265,7 +285,7 @@ def animate(mesh, audio, checkpoint=None, fps: float | None = None, device: str 
     meta = {
         "model": cfg.name, "checkpoint": str(ckpt), "device": dev.type, "native_fps": cfg.fps,
         "frames": int(offsets.shape[0]), "vertices": int(offsets.shape[1]),
-        "operators": ops_source, "model_warm": warm_model, "frame": frame.to_dict(),
+        "operators": ops_source, "model_warm": warm_model, "frame": frame.to_dict(), "warnings": warnings,
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "decode_ms_per_frame": round(1000 * timings["decode"] / max(n_frames, 1), 3),
     }

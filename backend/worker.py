@@ -81,7 +81,7 @@ class Worker:
             self.send(event="progress", id=rid, stage="write", fraction=1.0, message="done")
             self.send(event="result", id=rid, out=str(path), frames=int(result.offsets.shape[0]),
                       vertices=int(result.offsets.shape[1]), fps=result.fps, device=result.meta["device"],
-                      timings=result.meta["timings"], meta=result.meta)
+                      timings=result.meta["timings"], warnings=result.meta["warnings"], meta=result.meta)
         except Cancelled:
             self.send(event="cancelled", id=rid)
         except ScanTalkError as exc:

@@ -261,3 +261,13 @@ def test_worker_protocol_end_to_end(tmp_path, env, flame_mesh):
     finally:
         if w.p.poll() is None:
             w.p.kill()
+
+
+def test_input_warnings_for_odd_sizes_and_huge_meshes():
+    from backend.inference import input_warnings
+
+    head = np.array([[0, 0, 0], [0.2, 0.3, 0.2]])
+    assert input_warnings(head, 0.44, 5000) == []
+    diag = np.linalg.norm(head[1])
+    assert "3.4x the size" in input_warnings(head * 3.4 * 0.44 / diag, 0.44, 5000)[0]
+    assert "decimated" in input_warnings(head, 0.44, 200_000)[0]
