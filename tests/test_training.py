@@ -64,7 +64,7 @@ TINY = [
     "model.audio.config.hidden=16", "model.audio.config.out_dim=8", "model.audio.config.n_mels=20",
     "train.lr=3e-3", "train.warmup_steps=0", "train.min_lr=3e-3", "train.window_frames=10",
     "train.val_every=10", "train.log_every=5", "train.progress=false", "train.threads=1",
-    "loss.lip=1.0", "loss.velocity=1.0",
+    "loss.lip=1.0", "loss.velocity=1.0", "train.device=cpu",
 ]
 
 
