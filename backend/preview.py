@@ -42,7 +42,7 @@ def pick_frames(mag: np.ndarray, n: int) -> np.ndarray:
     over the clip."""
     mag = mag.max(axis=1)
     picks = [int(np.argmin(mag))]
-    bounds = np.linspace(0, len(offsets), n, dtype=int)
+    bounds = np.linspace(0, len(mag), n, dtype=int)
     for a, b in zip(bounds[:-1], bounds[1:]):
         if b > a:
             picks.append(int(a + np.argmax(mag[a:b])))

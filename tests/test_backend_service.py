@@ -271,3 +271,17 @@ def test_input_warnings_for_odd_sizes_and_huge_meshes():
     diag = np.linalg.norm(head[1])
     assert "3.4x the size" in input_warnings(head * 3.4 * 0.44 / diag, 0.44, 5000)[0]
     assert "decimated" in input_warnings(head, 0.44, 200_000)[0]
+
+
+def test_preview_contact_sheet_is_a_png_and_picks_moving_frames(tmp_path):
+    from backend.preview import contact_sheet, pick_frames
+
+    v, f = icosphere(2)
+    t = np.arange(40)
+    offsets = np.zeros((40, len(v), 3), np.float32)
+    offsets[:, :10, 1] = (0.01 * np.sin(t / 3.0) ** 2)[:, None]
+    mag = np.linalg.norm(offsets - np.median(offsets, axis=0), axis=2)
+    frames = pick_frames(mag, 4)
+    assert len(frames) == 4 and mag[frames[0]].max() == mag.max(axis=1).min()
+    out = contact_sheet(v, f, offsets, 30.0, tmp_path / "p.png", n_frames=4)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
