@@ -162,52 +162,13 @@ def prepare_shapes(listings, k_eig: int, grad_eps: float, cache, d: Dist, device
         shapes[name] = Shape(
             centre=c,
             neutral=torch.from_numpy((s.template_vertices - c).astype(np.float32)).to(device),
-            ops=torch_operators(ops, device),
+            ops=TorchOperators.from_numpy(ops, device),  # scipy-backed sparse products on CPU
             lips=None if s.lips is None else torch.from_numpy(s.lips).long().to(device),
         )
     if d.main:
         log(f"operators for {len(names)} templates ready ({computed} computed on rank 0, "
             f"{time.time() - t0:.1f} s)")
     return shapes
-
-
-class _ScipyMatmul(torch.autograd.Function):
-    """y = A x with a scipy CSR matrix; the backward uses a precomputed CSR of Aᵀ. On CPU this is
-    several times faster than torch's sparse CSR backward, which re-sorts the transpose each call."""
-
-    @staticmethod
-    def forward(ctx, x, mat):
-        ctx.mat = mat
-        return torch.from_numpy(mat.A @ x.detach().contiguous().numpy())
-
-    @staticmethod
-    def backward(ctx, grad):
-        return torch.from_numpy(ctx.mat.At @ grad.contiguous().numpy()), None
-
-
-class ScipyCSR:
-    """Stands in for `TorchOperators.grad` on CPU (the layers only use `grad @ x`)."""
-
-    def __init__(self, A, At=None):
-        self.A = A.tocsr().astype(np.float32)
-        self.At = At if At is not None else self.A.T.tocsr()
-        self.shape = self.A.shape
-
-    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
-        return _ScipyMatmul.apply(x, self)
-
-    def __mul__(self, s: float) -> "ScipyCSR":
-        return ScipyCSR(self.A * np.float32(s), self.At * np.float32(s))
-
-
-def torch_operators(ops, device) -> TorchOperators:
-    """TorchOperators for training: on CPU the gradient operator is a ScipyCSR."""
-    t = TorchOperators.from_numpy(ops, device)
-    if torch.device(device).type == "cpu":
-        import scipy.sparse as sp
-
-        t.grad = ScipyCSR(sp.vstack([ops.gradX, ops.gradY]))
-    return t
 
 
 def scaled_operators(ops: TorchOperators, s: float) -> TorchOperators:
@@ -537,6 +498,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             (out / "replica_check.json").write_text(json.dumps({"hashes": hashes, "identical": same}, indent=2))
             if not same:
                 log("WARNING: the replicas' weights differ at the end of training")
+        del net  # DDP's reducer holds the process group: release it before the group goes
+        dist.barrier()  # nobody tears down the group while a peer still talks to it
         dist.destroy_process_group()
     if writer is not None:
         writer.close()

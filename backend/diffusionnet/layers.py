@@ -67,7 +67,10 @@ class SparseOperator:
         return _ScipyMatmul.apply(x, self)
 
     def __mul__(self, s: float) -> "SparseOperator":
-        return SparseOperator(self.csr * np.float32(s), self.device)
+        out = SparseOperator(self.csr * np.float32(s), self.device)
+        if self._csr_t is not None:  # training rescales every step: keep the transpose too
+            out._csr_t = self._csr_t * np.float32(s)
+        return out
 
     def to(self, device) -> "SparseOperator":
         return self if torch.device(device) == self.device else SparseOperator(self.csr, device)
