@@ -1,6 +1,7 @@
 """Operators. Thin shells: the logic lives in pipeline, job, writeback and backend_env."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 
@@ -238,90 +239,96 @@ def _ensure_addon(module: str) -> None:
         addon_utils.enable(module, default_set=False)
 
 
-class _ExportBase:
-    def _frame_range(self, context, obj):
-        tag = writeback.result_info(obj)
-        scene = context.scene
-        old = (scene.frame_start, scene.frame_end)
-        if tag:  # the clip, and the neutral frames either side of it, must be in the exported range
-            scene.frame_start = min(scene.frame_start, int(tag["frame_start"]) - 1)
-            scene.frame_end = max(scene.frame_end, int(tag["frame_end"]) + 1)
-        return old
+@contextlib.contextmanager
+def _exporting_only(context, obj):
+    """Select only `obj` and widen the scene range to the clip plus a neutral frame either side;
+    put selection and range back afterwards, whatever happens."""
+    scene = context.scene
+    old_range = (scene.frame_start, scene.frame_end)
+    old_sel = [o for o in context.view_layer.objects if o.select_get()]
+    tag = writeback.result_info(obj)
+    if tag:
+        scene.frame_start = min(scene.frame_start, int(tag["frame_start"]) - 1)
+        scene.frame_end = max(scene.frame_end, int(tag["frame_end"]) + 1)
+    for o in old_sel:
+        o.select_set(False)
+    obj.select_set(True)
+    try:
+        yield
+    finally:
+        scene.frame_start, scene.frame_end = old_range
+        obj.select_set(False)
+        for o in old_sel:
+            o.select_set(True)
 
-    def _select_only(self, context, obj):
-        sel = [o for o in context.view_layer.objects if o.select_get()]
-        for o in sel:
-            o.select_set(False)
-        obj.select_set(True)
-        return sel
+
+class _ExportBase(ExportHelper):
+    format_name = ""
+    exporter_addon = ""
+
+    @classmethod
+    def poll(cls, context):
+        return context.active_object is not None and context.active_object.type == "MESH"
+
+    def export(self, context, obj):
+        raise NotImplementedError
+
+    def notes(self, obj) -> list[tuple[str, str]]:
+        return []
+
+    def execute(self, context):
+        obj = context.active_object
+        _ensure_addon(self.exporter_addon)
+        try:
+            with _exporting_only(context, obj):
+                self.export(context, obj)
+        except (RuntimeError, TypeError) as exc:
+            self.report({"ERROR"}, f"ScanTalk: {self.format_name} export failed: {exc}")
+            return {"CANCELLED"}
+        for level, text in self.notes(obj):
+            self.report({level}, text)
+        return {"FINISHED"}
 
 
-class SCANTALK_OT_export_fbx(bpy.types.Operator, ExportHelper, _ExportBase):
+class SCANTALK_OT_export_fbx(bpy.types.Operator, _ExportBase):
     """Export the active mesh with its shape-key animation to FBX (settings that keep the animation)"""
 
     bl_idname = "scantalk.export_fbx"
     bl_label = "Export FBX"
     filename_ext = ".fbx"
     filter_glob: StringProperty(default="*.fbx", options={"HIDDEN"})
+    format_name = "FBX"
+    exporter_addon = "io_scene_fbx"
 
-    @classmethod
-    def poll(cls, context):
-        return context.active_object is not None and context.active_object.type == "MESH"
+    def export(self, context, obj):
+        bpy.ops.export_scene.fbx(filepath=self.filepath, **fbx_settings())
 
-    def execute(self, context):
-        obj = context.active_object
-        _ensure_addon("io_scene_fbx")
+    def notes(self, obj):
+        out = []
         mods = [m.name for m in obj.modifiers if m.type != "ARMATURE" and m.show_viewport]
-        old_sel = self._select_only(context, obj)
-        old_range = self._frame_range(context, obj)
-        try:
-            bpy.ops.export_scene.fbx(filepath=self.filepath, **fbx_settings())
-        except RuntimeError as exc:
-            self.report({"ERROR"}, f"ScanTalk: FBX export failed: {exc}")
-            return {"CANCELLED"}
-        finally:
-            context.scene.frame_start, context.scene.frame_end = old_range
-            obj.select_set(False)
-            for o in old_sel:
-                o.select_set(True)
         if mods:
-            self.report({"WARNING"}, f"Modifiers ({', '.join(mods)}) are not applied in the FBX: with them "
-                                     "the FBX format drops shape keys")
-        self.report({"INFO"}, f"Exported {os.path.basename(self.filepath)}")
-        return {"FINISHED"}
+            out.append(("WARNING", f"Modifiers ({', '.join(mods)}) are not applied in the FBX: with them "
+                                   "the FBX format drops shape keys"))
+        return out + [("INFO", f"Exported {os.path.basename(self.filepath)}")]
 
 
-class SCANTALK_OT_export_gltf(bpy.types.Operator, ExportHelper, _ExportBase):
+class SCANTALK_OT_export_gltf(bpy.types.Operator, _ExportBase):
     """Export the active mesh with its shape-key animation to glTF (.glb)"""
 
     bl_idname = "scantalk.export_gltf"
     bl_label = "Export glTF"
     filename_ext = ".glb"
     filter_glob: StringProperty(default="*.glb;*.gltf", options={"HIDDEN"})
+    format_name = "glTF"
+    exporter_addon = "io_scene_gltf2"
 
-    @classmethod
-    def poll(cls, context):
-        return context.active_object is not None and context.active_object.type == "MESH"
+    def export(self, context, obj):
+        bpy.ops.export_scene.gltf(filepath=self.filepath, use_selection=True, export_morph=True,
+                                  export_morph_normal=False, export_animations=True)
 
-    def execute(self, context):
-        obj = context.active_object
-        _ensure_addon("io_scene_gltf2")
-        old_sel = self._select_only(context, obj)
-        old_range = self._frame_range(context, obj)
-        try:
-            bpy.ops.export_scene.gltf(filepath=self.filepath, use_selection=True, export_morph=True,
-                                      export_morph_normal=False, export_animations=True)
-        except (RuntimeError, TypeError) as exc:
-            self.report({"ERROR"}, f"ScanTalk: glTF export failed: {exc}")
-            return {"CANCELLED"}
-        finally:
-            context.scene.frame_start, context.scene.frame_end = old_range
-            obj.select_set(False)
-            for o in old_sel:
-                o.select_set(True)
-        self.report({"INFO"}, f"Exported {os.path.basename(self.filepath)} (glTF stores seconds: import it "
-                              f"into a scene of the same fps)")
-        return {"FINISHED"}
+    def notes(self, obj):
+        return [("INFO", f"Exported {os.path.basename(self.filepath)} (glTF stores seconds: import it "
+                         f"into a scene of the same fps)")]
 
 
 # ---- backend set-up -------------------------------------------------------------------------------

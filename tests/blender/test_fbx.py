@@ -55,3 +55,18 @@ def test_fbx_settings_keep_shape_key_animation(addon):
     s = ops.fbx_settings()
     assert s["bake_anim"] and not s["bake_anim_use_nla_strips"] and not s["bake_anim_use_all_actions"]
     assert not s["use_mesh_modifiers"] and s["object_types"] == {"MESH"} and not s["add_leaf_bones"]
+
+
+def test_gltf_export_keeps_morph_targets_and_restores_scene(scene, addon, tmp_path):
+    wb = importlib.import_module(PKG + ".writeback")
+    obj = H.sphere_head(subdiv=2)
+    other = H.sphere_head(subdiv=1)
+    other.select_set(True)
+    wb.write_result(obj, H.synthetic_offsets(len(obj.data.vertices), 20), 5, mode="EXACT")
+    scene.frame_start, scene.frame_end = 1, 10
+    bpy.context.view_layer.objects.active = obj
+    path = tmp_path / "head.glb"
+    assert bpy.ops.scantalk.export_gltf(filepath=str(path)) == {"FINISHED"}
+    assert path.stat().st_size > 0 and b"weights" in path.read_bytes()  # morph-target animation
+    assert (scene.frame_start, scene.frame_end) == (1, 10)  # range put back
+    assert other.select_get()  # selection put back
