@@ -52,8 +52,13 @@ def pick_frames(mag: np.ndarray, n: int) -> np.ndarray:
 def contact_sheet(verts, faces, offsets, fps, path, audio=None, start=0.0, duration=None, n_frames=6, title=None):
     """Write a PNG: neutral + n_frames predicted frames (mouth region tinted by motion), and the
     motion of the most-moving vertices over time above the waveform."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        from .errors import ScanTalkError
 
+        raise ScanTalkError("--preview needs matplotlib: pip install matplotlib "
+                            "(the offsets were written without it)") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
