@@ -304,6 +304,9 @@ def write_result(result: Result, path) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, offsets=result.offsets, fps=np.float64(result.fps), meta=np.asarray(json.dumps(result.meta)))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary user file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
