@@ -355,6 +355,14 @@ def _read_mask(path, mat_key):
     return load_index_file(path, one_based=one_based, mat_key=mat_key)
 
 
+def _template(root: Path, subject: str, ext: str, layout: str):
+    """templates/<subject><ext> as (vertices, faces), or a DatasetError naming the file."""
+    path = root / "templates" / f"{subject}{ext}"
+    if not path.is_file():
+        raise DatasetError(f"{layout}: template of subject '{subject}' not found: {path}")
+    return _mesh(path, f"{layout} template of '{subject}'")
+
+
 def _read_per_subject_template_layout(root, split, layout, ext, official, lips_mask, upper_mask,
                                       skip=None) -> DatasetListing:
     root = Path(root)
@@ -364,10 +372,7 @@ def _read_per_subject_template_layout(root, split, layout, ext, official, lips_m
     upper = _read_mask(upper_mask, None)
     out = {}
     for s in _used_subjects(clips):
-        path = root / "templates" / f"{s}{ext}"
-        if not path.is_file():
-            raise DatasetError(f"{layout}: template of subject '{s}' not found: {path}")
-        verts, faces = _mesh(path, f"{layout} template of '{s}'")
+        verts, faces = _template(root, s, ext, layout)
         out[s] = Subject(s, verts, faces, _check_indices(lips, len(verts), f"lips of '{s}'"),
                          _check_indices(upper, len(verts), f"upper face of '{s}'"))
     return DatasetListing(layout, root, subjects, FPS[layout], clips, out)
@@ -423,10 +428,7 @@ def read_general(root, split: str | Sequence[str] = "train") -> DatasetListing:
     clips = _list_clips(root, "vertices", subjects, fps, "general")
     out = {}
     for s in _used_subjects(clips):
-        path = root / "templates" / f"{s}.npz"
-        if not path.is_file():
-            raise DatasetError(f"general: template of subject '{s}' not found: {path}")
-        verts, faces = _mesh(path, f"general template of '{s}'")
+        verts, faces = _template(root, s, ".npz", "general")
         masks = {}
         for part in ("lips", "upper"):
             mpath = root / "masks" / f"{s}_{part}.txt"

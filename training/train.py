@@ -41,6 +41,7 @@ from torch import nn
 from backend.audio_io import load_audio
 from backend.checkpoint import read_file, save_model
 from backend.diffusionnet import TorchOperators
+from backend.framing import bbox
 from backend.model import ModelConfig, ScanTalk
 from backend.operator_cache import get_operators
 from training.config import ConfigError, TrainConfig, load_config
@@ -125,11 +126,6 @@ def read_split(data, split) -> DatasetListing:
     return read_dataset(data.layout, data.root, split, **kwargs)
 
 
-def bbox_centre_and_diagonal(verts: np.ndarray) -> tuple[np.ndarray, float]:
-    lo, hi = verts.min(0), verts.max(0)
-    return (lo + hi) / 2, float(np.linalg.norm(hi - lo))
-
-
 @dataclass
 class Shape:
     """One subject's template in the model frame, its operators and masks."""
@@ -150,14 +146,14 @@ def prepare_shapes(listings, k_eig: int, grad_eps: float, cache, d: Dist, device
     computed = 0
     for name in names[d.rank::d.world]:
         s = subjects[name]
-        c, _ = bbox_centre_and_diagonal(s.template_vertices)
+        c, _ = bbox(s.template_vertices)
         _, hit = get_operators(s.template_vertices - c, s.faces, k_eig, grad_eps, cache=cache)
         computed += not hit
     barrier(d)
     shapes = {}
     for name in names:
         s = subjects[name]
-        c, _ = bbox_centre_and_diagonal(s.template_vertices)
+        c, _ = bbox(s.template_vertices)
         ops, _ = get_operators(s.template_vertices - c, s.faces, k_eig, grad_eps, cache=cache)
         shapes[name] = Shape(
             centre=c,
@@ -351,7 +347,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     if cfg.loss.lip > 0 and any(s.lips is None for s in train_set.subjects.values()):
         missing = sorted(n for n, s in train_set.subjects.items() if s.lips is None)
         raise DatasetError(f"loss.lip > 0 needs lip masks; none for subjects {', '.join(missing[:5])}")
-    diags = [bbox_centre_and_diagonal(s.template_vertices)[1] for s in train_set.subjects.values()]
+    diags = [bbox(s.template_vertices)[1] for s in train_set.subjects.values()]
     frame_size = float(np.mean(diags))
     log(f"data: {len(train_clips)} training clips ({len(train_set.subjects)} subjects), "
         f"{len(val_clips)} validation clips; fps {train_set.fps:g}; mean template diagonal "
