@@ -13,7 +13,8 @@ error, not a silent fall-through):
 
 The zip made by build_addon.py carries the backend package in `bundled/` (with
 `bundled/requirements.txt`). An interpreter that cannot import `backend` by itself gets the bundle
-on PYTHONPATH; one that can (a developer's checkout) uses its own.
+appended to its import path; one that can (a developer's checkout) uses its own. Backend processes
+start isolated, from a private folder (see _BOOT).
 """
 from __future__ import annotations
 
@@ -35,28 +36,56 @@ PTH_NAME = "scantalk_backend.pth"
 DEFAULT_REQUIREMENTS = ["torch", "numpy", "scipy", "potpourri3d", "robust-laplacian", "transformers",
                         "soundfile", "platformdirs", "plyfile"]
 
-_PROBE = r"""
-import importlib.metadata as md, importlib.util as iu, json, sys
-bundle, reqs = sys.argv[1], json.loads(sys.argv[2])
+# Every backend process (probe, worker, doctor) starts as `python -I -c _BOOT MODE BUNDLE EXPECTED ...`.
+# -I (isolated) keeps the working directory, the script's folder, PYTHON* variables and the user
+# site off the import path, so nothing planted in /tmp or the current folder can shadow `backend`
+# or a module the launcher imports. The bundle is appended (after site-packages) only when the
+# interpreter has no backend of its own, and the worker refuses to run a `backend` other than the
+# one the probe found. Probe and worker share this code, so they see the same import path.
+_BOOT = r"""
+import importlib.util as iu, json, os, sys
+mode, bundle, expected = sys.argv[1:4]
+del sys.argv[1:4]
 def where(name):
     try:
         spec = iu.find_spec(name)
     except Exception:
         return None
-    return None if spec is None else (spec.origin or str(list(spec.submodule_search_locations or [])))
+    if spec is None or not spec.origin or os.path.basename(spec.origin) != "__init__.py":
+        return None
+    return os.path.dirname(os.path.realpath(spec.origin))
 own = where("backend")
-if bundle:
+if own is None and bundle:
     sys.path.append(bundle)
 bundled = where("backend") if own is None and bundle else None
-missing = []
-for r in reqs:
-    try:
-        md.version(r)
-    except Exception:
-        missing.append(r)
-print(json.dumps({"python": sys.version.split()[0], "executable": sys.executable,
-                  "backend_own": own, "backend_bundle": bundled, "missing": missing}))
+if mode == "probe":
+    import importlib.metadata as md
+    missing = []
+    for r in json.loads(sys.argv[1]):
+        try:
+            md.version(r)
+        except Exception:
+            missing.append(r)
+    print(json.dumps({"python": sys.version.split()[0], "executable": sys.executable,
+                      "backend_own": own, "backend_bundle": bundled, "missing": missing}))
+    raise SystemExit(0)
+found = own or bundled
+if found is None or (expected and found != os.path.realpath(expected)):
+    sys.stderr.write("ScanTalk refused to start the backend: it would be imported from %s, but the "
+                     "add-on checked %s. Press 'Check backend' in the add-on preferences.\n"
+                     % (found, expected or "nothing"))
+    raise SystemExit(3)
+import runpy
+sys.argv[0] = "python -m backend"
+runpy.run_module("backend", run_name="__main__", alter_sys=True)
 """
+ISOLATED = "-I"  # see _BOOT
+
+
+def launch_argv(python: str, mode: str, bundle_dir: str | None, expected: str | None, *args) -> list[str]:
+    """The command line of a backend process (no shell; every argument is a list item)."""
+    return [python, ISOLATED, "-u", "-X", "utf8", "-c", _BOOT, mode, bundle_dir or "", expected or "",
+            *map(str, args)]
 
 
 class BackendNotFound(Exception):
@@ -71,20 +100,23 @@ class Backend:
     bundle_dir: str | None
     info: dict = field(default_factory=dict)
 
-    def worker_argv(self) -> list[str]:
-        return [self.python, "-m", "backend", "serve"]
+    @property
+    def package_dir(self) -> str | None:
+        """The `backend` package the probe found; the worker refuses to import any other."""
+        return self.info.get("backend_own") or self.info.get("backend_bundle")
+
+    def worker_argv(self, *args) -> list[str]:
+        return launch_argv(self.python, "run", self.bundle_dir if self.use_bundle else None,
+                           self.package_dir, "serve", *args)
 
     def worker_env(self, base: dict | None = None) -> dict:
-        env = dict(os.environ if base is None else base)
-        # Blender sets these for its own Python; the backend's interpreter must not inherit them.
-        for k in ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE"):
-            env.pop(k, None)
-        env["PYTHONUNBUFFERED"] = "1"
-        env.setdefault("PYTHONIOENCODING", "utf-8")
-        if self.use_bundle and self.bundle_dir:
-            old = env.get("PYTHONPATH")
-            env["PYTHONPATH"] = self.bundle_dir + (os.pathsep + old if old else "")
-        return env
+        return process_env(base)
+
+    def start_worker(self, *args):
+        """A started WorkerClient for `serve` (args: e.g. --cache-dir DIR), in a private folder."""
+        from .worker_client import WorkerClient
+
+        return WorkerClient(self.worker_argv(*args), env=self.worker_env(), cwd=private_workdir()).start()
 
     def describe(self) -> str:
         where = {"preferences": "set in preferences", "environment": f"from ${ENV_VAR}",
@@ -160,9 +192,9 @@ def probe(python: str, bundle_dir: str | None, requirements: list[str] | None = 
     if not python or not Path(python).exists():
         raise BackendNotFound(f"Python interpreter not found: {python}")
     try:
-        cp = subprocess.run([python, "-E", "-c", _PROBE, bundle_dir or "", json.dumps(names)],
-                            capture_output=True, text=True, timeout=timeout, cwd=_neutral_dir(),
-                            env=_clean_env())
+        cp = subprocess.run(launch_argv(python, "probe", bundle_dir, None, json.dumps(names)),
+                            capture_output=True, text=True, timeout=timeout, cwd=private_workdir(),
+                            env=process_env())
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BackendNotFound(f"could not run {python}: {exc}") from exc
     if cp.returncode != 0:
@@ -185,15 +217,28 @@ def clear_cache() -> None:
     _probe_cache.clear()
 
 
-def _neutral_dir() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()
+_workdir: str | None = None
 
 
-def _clean_env() -> dict:
-    env = dict(os.environ)
-    for k in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP"):
+def private_workdir() -> str:
+    """The working directory of every process the add-on starts: a folder only this user can write
+    (made once per session by mkdtemp, mode 0700), never the shared temp folder itself."""
+    global _workdir
+    if _workdir is None or not os.path.isdir(_workdir):
+        import atexit
+        import shutil
+        import tempfile
+
+        _workdir = tempfile.mkdtemp(prefix="scantalk-run-")
+        atexit.register(shutil.rmtree, _workdir, True)
+    return _workdir
+
+
+def process_env(base: dict | None = None) -> dict:
+    """The environment of the probe, the worker and pip alike. Blender sets PYTHONHOME and friends
+    for its own Python; -I ignores them anyway, but children of the backend must not inherit them."""
+    env = dict(os.environ if base is None else base)
+    for k in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "PYTHONSAFEPATH"):
         env.pop(k, None)
     return env
 
@@ -296,7 +341,7 @@ class SetupTask:
     def _run_cmd(self, argv, on_line=None):
         self.log.append("$ " + " ".join(argv))
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      errors="replace", cwd=_neutral_dir(), env=_clean_env())
+                                      errors="replace", cwd=private_workdir(), env=process_env())
         for line in self._proc.stdout:
             line = line.rstrip()
             self.log.append(line)
@@ -320,7 +365,7 @@ class SetupTask:
             vpy = venv_python(self.venv_dir)
             if not vpy.exists():
                 self._step(0.02, "Creating virtual environment")
-                self._run_cmd([self.base_python, "-m", "venv", self.venv_dir])
+                self._run_cmd([self.base_python, ISOLATED, "-m", "venv", self.venv_dir])
             n = [0]
 
             def on_pip(line):
@@ -333,11 +378,11 @@ class SetupTask:
                     self._step(0.95, "Packages installed")
 
             self._step(0.1, "Installing packages")
-            self._run_cmd([str(vpy), "-m", "pip", "install", "--progress-bar", "off", *reqs, *self.extra_args],
+            self._run_cmd([str(vpy), ISOLATED, "-m", "pip", "install", "--progress-bar", "off", *reqs, *self.extra_args],
                           on_line=on_pip)
             if self.bundle_dir:
-                cp = subprocess.run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                    capture_output=True, text=True, cwd=_neutral_dir(), env=_clean_env())
+                cp = subprocess.run([str(vpy), ISOLATED, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                    capture_output=True, text=True, cwd=private_workdir(), env=process_env())
                 site = cp.stdout.strip()
                 if cp.returncode == 0 and site:
                     Path(site, PTH_NAME).write_text(self.bundle_dir + "\n", encoding="utf-8")
@@ -363,10 +408,7 @@ class _SetupCancelled(Exception):
 
 def doctor(backend: Backend, extra_args: list[str] | None = None, timeout: float = 300.0) -> dict:
     """Run the worker's `doctor` command once in a fresh worker and return its result."""
-    from .worker_client import WorkerClient
-
-    client = WorkerClient(backend.worker_argv() + list(extra_args or []), env=backend.worker_env(),
-                          cwd=_neutral_dir()).start()
+    client = backend.start_worker(*(extra_args or []))
     try:
         return client.call("doctor", timeout=timeout)
     finally:

@@ -3,13 +3,11 @@ job (for the panel's progress bar), the set-up task and the last doctor report."
 from __future__ import annotations
 
 import atexit
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from . import backend_env
-from .worker_client import WorkerClient, WorkerError
+from .worker_client import WorkerClient
 
 ADDON_DIR = Path(__file__).resolve().parent
 
@@ -66,13 +64,12 @@ def get_worker(context=None) -> WorkerClient:
     settings changed. Raises BackendNotFound or WorkerError with a readable message."""
     global _worker, _worker_key
     backend = discover(context)
-    argv = backend.worker_argv() + ["--cache-dir", cache_dir()]
-    env = backend.worker_env()
-    key = (tuple(argv), env.get("PYTHONPATH"))
+    args = ("--cache-dir", cache_dir())
+    key = tuple(backend.worker_argv(*args))
     if _worker is not None and (_worker_key != key or not _worker.alive):
         stop_worker()
     if _worker is None:
-        _worker = WorkerClient(argv, env=env, cwd=tempfile.gettempdir()).start()
+        _worker = backend.start_worker(*args)
         _worker_key = key
     return _worker
 

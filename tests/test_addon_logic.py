@@ -274,16 +274,73 @@ def test_resolve_prefers_preferences_then_env(tmp_path):
     assert be.source == "preferences" and be.python == sys.executable
     be = backend_env.resolve(bundle_dir=bundle, env={backend_env.ENV_VAR: sys.executable})
     assert be.source == "environment"
-    assert be.worker_argv() == [sys.executable, "-m", "backend", "serve"]
+    argv = be.worker_argv("--cache-dir", "C")
+    assert argv[:2] == [sys.executable, "-I"] and argv[-3:] == ["serve", "--cache-dir", "C"]
+    assert be.package_dir == str((ROOT / "backend").resolve())  # this venv's own (editable) backend
 
 
-def test_resolve_bundle_goes_on_pythonpath_only_when_needed(tmp_path):
+def test_probe_and_worker_share_one_environment(tmp_path):
+    """Blender's PYTHONHOME/PYTHONPATH never reach either process, whichever started first."""
     bundle = _bundle(tmp_path)
     be = backend_env.resolve(pref_python=sys.executable, bundle_dir=bundle, env={})
-    env = be.worker_env({"PYTHONHOME": "/blender/python"})
-    assert "PYTHONHOME" not in env
-    if be.use_bundle:
-        assert env["PYTHONPATH"].split(os.pathsep)[0] == bundle
+    env = be.worker_env({"PYTHONHOME": "/blender/python", "PYTHONPATH": "/x", "HOME": "/h"})
+    assert env == backend_env.process_env({"PYTHONHOME": "/blender/python", "PYTHONPATH": "/x", "HOME": "/h"})
+    assert env == {"HOME": "/h"}
+
+
+def _plant_backend(folder: Path, marker: Path) -> None:
+    """A hostile `backend` package (and a `runpy` the launcher imports) that leaves a marker."""
+    pkg = folder / "backend"
+    pkg.mkdir(parents=True, exist_ok=True)
+    code = f"open({str(marker)!r}, 'a').write('ran from {folder}\\n')\n"
+    (pkg / "__init__.py").write_text(code)
+    (pkg / "__main__.py").write_text(code)
+    (folder / "runpy.py").write_text(code)
+    (folder / "json.py").write_text(code)
+
+
+def test_planted_backend_in_cwd_or_temp_never_runs(tmp_path, monkeypatch):
+    """Safety: the probe, the worker and doctor ignore a `backend/` in the system temp folder and in
+    the working directory, and the worker answers from the real package."""
+    import tempfile
+
+    marker = tmp_path / "PWNED"
+    systmp, cwd = tmp_path / "systmp", tmp_path / "cwd"
+    _plant_backend(systmp, marker)
+    _plant_backend(cwd, marker)
+    monkeypatch.setattr(tempfile, "tempdir", str(systmp))
+    monkeypatch.setattr(backend_env, "_workdir", None)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("PYTHONPATH", f"{systmp}{os.pathsep}{cwd}")  # even if Blender's env had it
+    backend_env.clear_cache()
+    be = backend_env.resolve(pref_python=sys.executable, bundle_dir=str(systmp), env={})
+    assert be.package_dir == str((ROOT / "backend").resolve())
+    assert not Path(backend_env.private_workdir()).samefile(systmp)
+    assert oct(os.stat(backend_env.private_workdir()).st_mode & 0o777) == "0o700"
+    client = be.start_worker()
+    try:
+        res = client.call("doctor", timeout=120)
+        assert "torch" in res
+    finally:
+        client.close(timeout=10)
+    # the same planted folder given as the work dir of a worker started by hand
+    client = WorkerClient(be.worker_argv(), env=be.worker_env(), cwd=str(cwd)).start()
+    try:
+        assert client.wait_ready(120)
+    finally:
+        client.close(timeout=10)
+    assert not marker.exists(), marker.read_text()
+
+
+def test_worker_refuses_a_backend_other_than_the_probed_one(tmp_path):
+    """If `backend` would come from elsewhere than the probe saw, the worker exits with a message."""
+    be = backend_env.resolve(pref_python=sys.executable, bundle_dir=None, env={})
+    be.info = dict(be.info, backend_own=str(tmp_path / "elsewhere" / "backend"))
+    client = be.start_worker()
+    with pytest.raises(WorkerError) as ei:
+        client.wait_ready(60)
+    assert "refused to start the backend" in ei.value.user_message()
+    assert str(ROOT / "backend") in ei.value.user_message()
 
 
 def test_resolve_explicit_bad_python_is_an_error(tmp_path):

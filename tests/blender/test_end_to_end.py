@@ -51,7 +51,7 @@ def reference_offsets(obj, audio_start, duration, fps, ckpt):
     faces = np.array([tuple(t.vertices) for t in me.loop_triangles], dtype=np.int64)
     tmp = tempfile.mkdtemp(prefix="scantalk_ref_")
     np.savez(os.path.join(tmp, "m.npz"), vertices=model, faces=faces)
-    client = wc.WorkerClient(be.worker_argv() + ["--cache-dir", rt.cache_dir()], env=be.worker_env()).start()
+    client = be.start_worker("--cache-dir", rt.cache_dir())
     try:
         res = client.call("animate", timeout=600, mesh=os.path.join(tmp, "m.npz"), audio=str(WAV),
                           out=os.path.join(tmp, "r.npz"), checkpoint=ckpt or None, fps=fps, start=audio_start,
