@@ -1,4 +1,5 @@
-"""python -m training.synth --out DIR [--subjects N --sentences M --seed S --fps 30 --workers W]"""
+"""python -m training.synth --out DIR [--subjects N --sentences M --seed S --fps 30 --workers W
+                                   --languages all|en|LIST --english-share 0.4]"""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,7 @@ import sys
 import time
 import warnings
 
-from .generate import DEFAULT_HOLDOUT_FAMILY, generate
+from .generate import DEFAULT_ENGLISH_SHARE, DEFAULT_HOLDOUT_FAMILY, generate
 from .topology import FAMILIES
 
 
@@ -27,6 +28,12 @@ def main(argv=None) -> int:
     ap.add_argument("--families", default=None,
                     help="comma-separated families for train/val subjects, repeat one to weight it "
                          "(default remeshed,ict_face,remeshed,ict_narrow,ict_full)")
+    ap.add_argument("--languages", default="all",
+                    help="all (default: English + 27 espeak-ng languages, hu/ta/sw test-only), en, or a "
+                         "comma-separated list such as en,de,fr,hu")
+    ap.add_argument("--english-share", type=float, default=DEFAULT_ENGLISH_SHARE,
+                    help="probability that a clip is English (Harvard sentences, espeak-ng + flite); "
+                         "default %(default)s")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier output in --out")
     args = ap.parse_args(argv)
     warnings.simplefilter("always")
@@ -35,7 +42,8 @@ def main(argv=None) -> int:
         out = generate(args.out, args.subjects, args.sentences, args.seed, fps=args.fps,
                        workers=args.workers, ict_path=args.ict, holdout_family=args.holdout_family,
                        families=[f.strip() for f in args.families.split(",") if f.strip()] if args.families else None,
-                       overwrite=args.overwrite, log=lambda m: print(f"[synth {time.time() - t0:6.1f}s] {m}", flush=True))
+                       overwrite=args.overwrite, languages=args.languages,
+                       english_share=args.english_share, log=lambda m: print(f"[synth {time.time() - t0:6.1f}s] {m}", flush=True))
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

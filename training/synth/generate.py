@@ -19,17 +19,21 @@ import numpy as np
 
 from . import tts
 from .sentences import HARVARD_SENTENCES
+from .sentences_multi import SENTENCES as MULTI_SENTENCES
 from .topology import (FAMILIES, FAMILY_REQUIRES, N_IDENTITY_MODES, available_families,
                        build_subject_mesh, default_ict_path, identity_template, load_ict)
 from .visemes import DEFAULT_STYLE, EXPRESSIONS, blink_track, viseme_track
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 SAMPLE_RATE = tts.SAMPLE_RATE
 DEFAULT_HOLDOUT_FAMILY = "decimated"
 # Train/val subjects cycle through these (remeshed twice: it is what real scans look like).
 TRAIN_FAMILY_CYCLE = ("remeshed", "ict_face", "remeshed", "ict_narrow", "ict_full")
 _FALLBACK_HOLDOUT = "ict_narrow"
-_FLITE_SHARE = 0.3  # probability that a clip uses a flite voice (when the split has one)
+_FLITE_SHARE = 0.3  # probability that an English clip uses a flite voice (when the split has one)
+DEFAULT_ENGLISH_SHARE = 0.4  # probability that a clip is English (when other languages are on)
+_TEST_HELD_OUT_LANGUAGE_SHARE = 0.5  # of the non-English test clips, when held-out languages exist
+UNKNOWN_PHONE_WARN = 0.05  # warn when more of a language's speech than this maps to the default phone
 _OUTPUT_ITEMS = ("meta.json", "clips.json", "templates", "masks", "wav", "vertices", ".work")
 _BLINK = (EXPRESSIONS.index("eyeBlink_L"), EXPRESSIONS.index("eyeBlink_R"))
 
@@ -84,12 +88,22 @@ def _split_subjects(n: int, seed: int):
     return sorted(train), sorted(val), sorted(test)
 
 
+def sentences_of(language: str):
+    """The sentences spoken in a language ('en': the Harvard sentences)."""
+    return HARVARD_SENTENCES if language == "en" else MULTI_SENTENCES[language]
+
+
 def plan_subjects(n_subjects: int, n_sentences: int, seed: int, holdout_family: str,
-                  train_families=None) -> list[dict]:
+                  train_families=None, languages=("en",), held_out_languages=(),
+                  english_share: float = DEFAULT_ENGLISH_SHARE) -> list[dict]:
     """Identity, style, topology family, split and sentences of every subject (no heavy work).
 
     train_families: families cycled through by train/val subjects (default TRAIN_FAMILY_CYCLE,
     where 'remeshed' comes twice); the held-out family is removed from it.
+    languages: the languages spoken ('en' and keys of sentences_multi.SENTENCES); those in
+    held_out_languages are spoken by test subjects only. A clip is English with probability
+    english_share (always, when English is the only language of its split; never without 'en').
+    Each subject's ``sentences`` is a list of [language, sentence index].
     """
     for f in [holdout_family, *(train_families or [])]:
         if f not in FAMILIES:
@@ -107,6 +121,13 @@ def plan_subjects(n_subjects: int, n_sentences: int, seed: int, holdout_family: 
     for k, s in enumerate(test):
         family[s] = holdout_family if k < n_held else cycle[(k - n_held + 1) % len(cycle)]
     split = {**{s: "train" for s in train}, **{s: "val" for s in val}, **{s: "test" for s in test}}
+    langs = [lang for lang in languages if lang != "en"]
+    for lang in langs:
+        if lang not in MULTI_SENTENCES:
+            raise ValueError(f"no sentences for language '{lang}'; use en or one of {sorted(MULTI_SENTENCES)}")
+    seen = [lang for lang in langs if lang not in held_out_languages]
+    held = [lang for lang in langs if lang in held_out_languages]
+    has_en = "en" in languages
     subjects = []
     for i in range(n_subjects):
         rng = np.random.default_rng([seed, 10, i])
@@ -119,8 +140,25 @@ def plan_subjects(n_subjects: int, n_sentences: int, seed: int, holdout_family: 
             "asymmetry": _r(rng.uniform(-0.08, 0.08)),
         }
         bias = {"smile": _r(rng.uniform(0.0, 0.25)), "brows": _r(rng.uniform(0.0, 0.3))}
-        order = rng.permutation(len(HARVARD_SENTENCES))
-        sent = [int(order[j % len(order)]) for j in range(n_sentences)]
+        # language of each clip, then sentences without repeats within a (subject, language)
+        lrng = np.random.default_rng([seed, 11, i])
+        pool = seen + held if split[i] == "test" else seen
+        sent, orders, used = [], {}, {}
+        for _ in range(n_sentences):
+            if has_en and (not pool or lrng.random() < english_share):
+                lang = "en"
+            elif split[i] == "test" and held and seen:
+                group = held if lrng.random() < _TEST_HELD_OUT_LANGUAGE_SHARE else seen
+                lang = group[int(lrng.integers(len(group)))]
+            elif pool:
+                lang = pool[int(lrng.integers(len(pool)))]
+            else:
+                raise ValueError("no language left for the train/val split: every chosen language is held out")
+            if lang not in orders:
+                orders[lang] = lrng.permutation(len(sentences_of(lang)))
+                used[lang] = 0
+            sent.append([lang, int(orders[lang][used[lang] % len(orders[lang])])])
+            used[lang] += 1
         subjects.append({
             "index": i, "name": f"synth{i:03d}", "split": split[i], "family": family[i],
             "identity_coeffs": [_r(c) for c in coeffs], "style": style, "bias": bias,
@@ -192,8 +230,12 @@ def _basis(out_dir: Path, name: str):
     return _BASIS_CACHE[key]
 
 
-def _speak(text, pool, rng):
-    """Pick a voice (flite with probability _FLITE_SHARE) and speak; on failure try the next ones."""
+def _speak(text, language, pool, rng):
+    """Pick a voice of ``language`` (English: flite with probability _FLITE_SHARE) and speak; on
+    failure try the next ones of the same language."""
+    pool = [v for v in pool if v.language == language]
+    if not pool:
+        raise RuntimeError(f"synth: no voice speaks '{language}' here")
     flite = [v for v in pool if v.engine == "flite"]
     espeak = [v for v in pool if v.engine == "espeak"]
     use_flite = bool(flite) and (not espeak or rng.random() < _FLITE_SHARE)
@@ -207,8 +249,9 @@ def _speak(text, pool, rng):
     last = None
     for v in order:
         try:
-            audio, phones = tts.synthesize(text, v, rate=rate, pitch=pitch, pitch_range=prange)
-            return v, audio, phones, {"rate": _r(rate, 3), "pitch": _r(pitch, 3), "pitch_range": _r(prange, 3)}
+            info = {}
+            audio, phones = tts.synthesize(text, v, rate=rate, pitch=pitch, pitch_range=prange, info=info)
+            return v, audio, phones, {"rate": _r(rate, 3), "pitch": _r(pitch, 3), "pitch_range": _r(prange, 3)}, info
         except tts.TTSError as exc:
             warnings.warn(f"synth: voice {v.id} failed, trying another: {exc}", stacklevel=2)
             last = exc
@@ -219,9 +262,9 @@ def _make_clip(job) -> dict:
     (out_dir, subj, clip_idx, seed, fps, pool) = job
     out = Path(out_dir)
     rng = np.random.default_rng([seed, 30, subj["index"], clip_idx])
-    sent_id = subj["sentences"][clip_idx]
-    text = HARVARD_SENTENCES[sent_id]
-    voice, audio, phones, prosody = _speak(text, pool, rng)
+    language, sent_id = subj["sentences"][clip_idx]
+    text = sentences_of(language)[sent_id]
+    voice, audio, phones, prosody, info = _speak(text, language, pool, rng)
     speech_len = len(audio) / SAMPLE_RATE
 
     # loudness, silence padding, a faint noise floor
@@ -270,16 +313,31 @@ def _make_clip(job) -> dict:
     np.save(out / "vertices" / f"{name}.npy", verts.astype(np.float32))
     return {
         "name": name, "subject": subj["name"], "split": subj["split"], "family": subj["family"],
-        "sentence_index": sent_id, "text": text,
+        "language": language, "sentence_index": sent_id, "text": text,
         "voice": voice.id, "engine": voice.engine, "voice_held_out": voice.held_out, **prosody,
         "num_samples": n, "duration_s": _r(dur, 5), "num_frames": T,
         "speech_start_s": _r(speech[0][1]) if speech else None,
         "speech_end_s": _r(speech[-1][2]) if speech else None,
         "phonemes": [[p, _r(s), _r(e)] for p, s, e in merged],
+        "unknown_phones": sorted({ph for ph, _ in info.get("unknown", [])}),
+        "unknown_phone_s": _r(info.get("unknown_s", 0.0)), "speech_phone_s": _r(info.get("speech_s", 0.0)),
     }
 
 
 # --------------------------------------------------------------------------- driver
+
+def _parse_languages(languages) -> list[str]:
+    """'all' | 'en' | 'en,de,...' | a list -> language codes in a fixed order (English first)."""
+    if languages is None or (isinstance(languages, str) and languages.strip().lower() == "all"):
+        return ["en", *tts.LANGUAGES]
+    items = languages.split(",") if isinstance(languages, str) else list(languages)
+    items = [str(x).strip() for x in items if str(x).strip()]
+    known = ["en", *tts.LANGUAGES]
+    bad = [x for x in items if x not in known]
+    if bad or not items:
+        raise ValueError(f"unknown language(s) {bad}; use all, en or some of {known}")
+    return [x for x in known if x in items]
+
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
@@ -330,13 +388,17 @@ class _Runner:
 
 def generate(out_dir, subjects: int = 12, sentences: int = 20, seed: int = 0, fps: float = 30,
              workers: int = 1, *, ict_path=None, holdout_family: str = DEFAULT_HOLDOUT_FAMILY,
-             families=None, overwrite: bool = False, log=None) -> Path:
+             families=None, overwrite: bool = False, log=None, languages="all",
+             english_share: float = DEFAULT_ENGLISH_SHARE) -> Path:
     """Write a synthetic dataset (general layout) to ``out_dir`` and return its path.
 
     subjects x sentences clips; the same arguments give byte-identical files (whatever ``workers``).
     holdout_family: the topology family only test subjects get. families: the families train/val
     subjects cycle through (default TRAIN_FAMILY_CYCLE; a family may be repeated to weight it).
     log: optional callable taking a progress message.
+    languages: "all" (English + tts.LANGUAGES), "en", or a list / comma-separated string of codes
+    ('en', 'de', 'cmn-latn-pinyin', ...). tts.HELD_OUT_LANGUAGES among them are test-only.
+    english_share: probability that a clip is English (the rest is spread over the other languages).
     """
     if subjects < 1 or sentences < 1:
         raise ValueError("need at least one subject and one sentence")
@@ -360,9 +422,29 @@ def generate(out_dir, subjects: int = 12, sentences: int = 20, seed: int = 0, fp
     if skipped:
         warnings.warn(f"synth: families skipped (install fast-simplification / gpytoolbox): {skipped}",
                       stacklevel=2)
-    plan = plan_subjects(subjects, sentences, seed, holdout_family, cycle)
-    voices = tts.available_voices()
+    wanted = _parse_languages(languages)
+    if not 0.0 <= float(english_share) <= 1.0:
+        raise ValueError(f"english_share must be in 0..1, got {english_share}")
+    voices = tts.available_voices(wanted)
+    spoken = {v.language for v in voices}
+    missing = [lang for lang in wanted if lang not in spoken]
+    if missing:
+        warnings.warn(f"synth: no working voice for languages {missing}; skipped", stacklevel=2)
+    langs = [lang for lang in wanted if lang in spoken]
+    if not langs:
+        raise RuntimeError("synth: no text-to-speech voice works here; install the Debian packages "
+                           "espeak-ng libespeak-ng1 flite")
+    held_langs = [lang for lang in langs if lang in tts.HELD_OUT_LANGUAGES]
+    if held_langs and not [lang for lang in langs if lang not in held_langs]:
+        warnings.warn("synth: only held-out languages chosen; they are used for every split", stacklevel=2)
+        held_langs = []
+    plan = plan_subjects(subjects, sentences, seed, holdout_family, cycle, languages=langs,
+                         held_out_languages=held_langs, english_share=float(english_share))
     pools = voice_pools(voices)
+    # a language without a held-out (or seen) voice in a split borrows the other split's voices
+    for split in pools:
+        have = {v.language for v in pools[split]}
+        pools[split] = pools[split] + [v for v in voices if v.language not in have]
     _prepare_out(out, overwrite)
 
     jobs = [(str(out), s, c, seed, float(fps), pools[s["split"]]) for s in plan for c in range(sentences)]
@@ -381,6 +463,23 @@ def generate(out_dir, subjects: int = 12, sentences: int = 20, seed: int = 0, fp
 
     splits = {k: [s["name"] for s in plan if s["split"] == k] for k in ("train", "val", "test")}
     used_voices = sorted({c["voice"] for c in clips_meta["clips"].values()})
+    phone_stats = {}
+    for c in clips_meta["clips"].values():
+        st = phone_stats.setdefault(c["language"], {"clips": 0, "speech_s": 0.0, "unknown_s": 0.0, "unknown": set()})
+        st["clips"] += 1
+        st["speech_s"] += c["speech_phone_s"]
+        st["unknown_s"] += c["unknown_phone_s"]
+        st["unknown"].update(c["unknown_phones"])
+    for lang, st in phone_stats.items():
+        st["unknown_fraction"] = _r(st["unknown_s"] / st["speech_s"]) if st["speech_s"] > 0 else 0.0
+        st["speech_s"], st["unknown_s"] = _r(st["speech_s"], 2), _r(st["unknown_s"], 3)
+        st["unknown"] = sorted(st["unknown"])
+        if st["unknown_fraction"] > UNKNOWN_PHONE_WARN:
+            warnings.warn(f"synth: {100 * st['unknown_fraction']:.1f}% of the '{lang}' speech maps to the "
+                          f"default phone (unknown espeak phonemes {st['unknown']}); extend training/synth/phones.py",
+                          stacklevel=2)
+    lang_split = {k: sorted({c["language"] for c in clips_meta["clips"].values() if c["split"] == k})
+                  for k in ("train", "val", "test")}
     train_fams = sorted({s["family"] for s in plan if s["split"] != "test"})
     meta = {
         "layout": "general",
@@ -391,16 +490,21 @@ def generate(out_dir, subjects: int = 12, sentences: int = 20, seed: int = 0, fp
             "family": holdout_family,
             "families_train_val": train_fams,
             "voices_test_only": sorted(v.id for v in pools["test"] if v.held_out),
+            "languages": held_langs,
+            "languages_train_val": [lang for lang in langs if lang not in held_langs],
             "note": "test subjects are unseen identities; at least half use the held-out family; "
-                    "test clips use held-out voices only",
+                    "test clips use held-out voices only; held-out languages are spoken in test clips only",
         },
         "families": {f: {"description": d, "held_out": f == holdout_family} for f, d in FAMILIES.items()},
         "voices_available": [v.id for v in voices], "voices_used": used_voices,
+        "languages": langs, "english_share": float(english_share), "languages_by_split": lang_split,
+        "phone_mapping": phone_stats,
         "expressions": list(EXPRESSIONS), "default_style": DEFAULT_STYLE,
         "masks": {"lips": "lips and the skin within 7 mm around them (ICT landmarks 48-59), carried to each topology",
                   "upper": "face above the nose tip that no mouth expression moves by more than 0.5 mm"},
         "source": {"ict_facekit": ict_file.name, "licence": "MIT (USC ICT FaceKit)",
-                   "sentences": "Harvard sentences (public domain)"},
+                   "sentences": "Harvard sentences (public domain); other languages: short everyday sentences "
+                                "written for this project (training/synth/sentences_multi.py)"},
         "subjects": {s["name"]: {"split": s["split"], "family": s["family"], **info,
                                  "identity_coeffs": s["identity_coeffs"], "style": s["style"],
                                  "bias": s["bias"]}

@@ -3,8 +3,13 @@
 espeak-ng is GPL: it is called as a system library/tool, never vendored. Per-phoneme timings come
 from the library's ``espeakEVENT_PHONEME`` events (the command line prints none without MBROLA),
 collected by ``espeak_run.py`` in a fresh process per sentence (the library keeps state between
-utterances, so in-process synthesis is not reproducible); flite prints them itself with ``-psdur``. Both results are resampled to 16 kHz mono and their
-phones mapped to ARPAbet (lower case, ``sil`` for pauses).
+utterances, so in-process synthesis is not reproducible); flite prints them itself with ``-psdur``.
+Both results are resampled to 16 kHz mono and their phones mapped to ARPAbet (lower case, ``sil``
+for pauses; espeak-ng mnemonics of every language through :mod:`.phones`).
+
+English voices (espeak-ng English accents and flite) speak the Harvard sentences; the espeak-ng
+voices of :data:`LANGUAGES` speak :mod:`.sentences_multi`. The languages of
+:data:`HELD_OUT_LANGUAGES` (Uralic, Dravidian, Niger-Congo) are test-only.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import phones
+
 SAMPLE_RATE = 16000
 
 
@@ -34,69 +41,69 @@ ESPEAK_BASES = ("en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc",
 ESPEAK_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7",
                    "f1", "f2", "f3", "f4", "f5", "klatt", "croak")
 FLITE_VOICES = ("slt", "rms", "awb", "kal16")
-# Held out for the test split: one flite voice, one espeak accent and two espeak variants.
+# espeak-ng voices of the other languages (keys of sentences_multi.SENTENCES), in a fixed order.
+LANGUAGES = ("de", "nl", "sv", "fr", "es", "it", "pt", "ro", "pl", "cs", "ru", "uk", "el", "tr",
+             "fi", "id", "vi", "hi", "bn", "ar", "fa", "cmn-latn-pinyin", "ja", "ko",
+             "hu", "ta", "sw")
+# Variants used for the other languages (fewer than for English: the language is what varies).
+LANGUAGE_VARIANTS = ("", "m1", "m3", "m4", "f1", "f2", "f4", "klatt")
+# Held out for the test split: one flite voice, one espeak accent, two espeak variants and three
+# languages from three families that no train language shares (Uralic Hungarian has Finnish as a
+# cousin in train; Dravidian Tamil and Niger-Congo Swahili have no relative there).
 HELD_OUT_FLITE = ("awb",)
 HELD_OUT_ESPEAK_BASES = ("en-gb-scotland",)
 HELD_OUT_ESPEAK_VARIANTS = ("f4", "m4")
+HELD_OUT_LANGUAGES = ("hu", "ta", "sw")
+
+
+def language_of(espeak_voice: str) -> str:
+    """'en' for every English accent, else the espeak voice name without its variant."""
+    base = espeak_voice.partition("+")[0]
+    return "en" if base == "en" or base.startswith("en-") else base
 
 
 @dataclass(frozen=True)
 class Voice:
     engine: str  # "espeak" or "flite"
-    name: str    # espeak voice spec ("en-us+f3") or flite voice ("slt")
+    name: str    # espeak voice spec ("en-us+f3", "de+m1") or flite voice ("slt")
 
     @property
     def id(self) -> str:
         return f"{self.engine}:{self.name}"
 
     @property
+    def language(self) -> str:
+        return "en" if self.engine == "flite" else language_of(self.name)
+
+    @property
     def held_out(self) -> bool:
         if self.engine == "flite":
             return self.name in HELD_OUT_FLITE
         base, _, variant = self.name.partition("+")
-        return base in HELD_OUT_ESPEAK_BASES or variant in HELD_OUT_ESPEAK_VARIANTS
+        return (base in HELD_OUT_ESPEAK_BASES or variant in HELD_OUT_ESPEAK_VARIANTS
+                or self.language in HELD_OUT_LANGUAGES)
 
 
-def all_voices() -> list[Voice]:
-    """Every voice the generator knows, available or not, in a fixed order."""
-    out = [Voice("espeak", b + (f"+{v}" if v else "")) for b in ESPEAK_BASES for v in ESPEAK_VARIANTS]
-    out += [Voice("flite", v) for v in FLITE_VOICES]
+def all_voices(languages=None) -> list[Voice]:
+    """Every voice the generator knows, available or not, in a fixed order.
+
+    languages: None for all; else an iterable of language codes ('en' = English accents + flite).
+    """
+    want = None if languages is None else set(languages)
+    out = []
+    if want is None or "en" in want:
+        out += [Voice("espeak", b + (f"+{v}" if v else "")) for b in ESPEAK_BASES for v in ESPEAK_VARIANTS]
+        out += [Voice("flite", v) for v in FLITE_VOICES]
+    out += [Voice("espeak", lang + (f"+{v}" if v else "")) for lang in LANGUAGES
+            if want is None or lang in want for v in LANGUAGE_VARIANTS]
     return out
 
 
 # --------------------------------------------------------------------------- phone sets
 
-_ESPEAK_ARPABET = {
-    # vowels
-    "a": "ae", "aa": "ae", "a#": "ax", "A:": "aa", "A@": "aa", "A": "aa", "0": "aa", "V": "ah",
-    "@": "ax", "@2": "ax", "@5": "ax", "@-": "ax", "@L": "el", "3:": "er", "3": "er", "@r": "er",
-    "E": "eh", "e@": "eh", "e": "eh", "eI": "ey", "I": "ih", "I2": "ih", "I#": "ih", "i": "iy",
-    "i:": "iy", "i@": "iy", "i@3": "iy", "O:": "ao", "O@": "ao", "O": "ao", "O2": "ao", "OI": "oy",
-    "o@": "ao", "oU": "ow", "o": "ow", "U": "uh", "u:": "uw", "U@": "uh", "u": "uw", "aI": "ay",
-    "aU": "aw", "aI@": "ay", "aU@": "aw", "aI3": "ay", "IR": "ih", "VR": "ah", "ju:": "uw",
-    # consonants
-    "p": "p", "b": "b", "t": "t", "d": "d", "k": "k", "g": "g", "f": "f", "v": "v", "s": "s",
-    "z": "z", "h": "hh", "m": "m", "n": "n", "l": "l", "r": "r", "w": "w", "j": "y", "T": "th",
-    "D": "dh", "S": "sh", "Z": "zh", "N": "ng", "tS": "ch", "dZ": "jh", "?": "t", "x": "hh",
-    "t2": "t", "d2": "d", "n-": "n", "l/": "l", "l/2": "l", "r-": "r", "z/2": "z", "*": "dx",
-    "#": "t", "C": "hh", "W": "w", ";": "y",
-}
-
-
-def espeak_to_arpabet(ph: str) -> str:
-    """ARPAbet of an espeak-ng English phoneme mnemonic; pauses -> 'sil', unknown -> 'ax'."""
-    ph = ph.strip().lstrip("'%=,")
-    if not ph or ph.startswith("_") or ph == ":":
-        return "sil"
-    if ph in _ESPEAK_ARPABET:
-        return _ESPEAK_ARPABET[ph]
-    stripped = ph.rstrip("0123456789#-/;")
-    if stripped in _ESPEAK_ARPABET:
-        return _ESPEAK_ARPABET[stripped]
-    for n in (3, 2, 1):
-        if ph[:n] in _ESPEAK_ARPABET:
-            return _ESPEAK_ARPABET[ph[:n]]
-    return "ax"
+def espeak_to_arpabet(ph: str, lang: str = "en") -> str:
+    """ARPAbet of an espeak-ng phoneme mnemonic; pauses -> 'sil', unknown -> 'ax' (see .phones)."""
+    return phones.espeak_to_arpabet(ph, lang)
 
 
 def flite_to_arpabet(ph: str) -> str:
@@ -140,11 +147,18 @@ def _espeak_synth(text: str, voice: str, rate: int, pitch: int, prange: int):
     if n == 0:
         raise TTSError(f"espeak-ng voice '{voice}' produced no audio")
     ev = info["events"]
-    phones = []
+    lang = language_of(voice)
+    out, unknown = [], []
     for k, (sample, _ms, ph) in enumerate(ev):
-        end = ev[k + 1][0] if k + 1 < len(ev) else n
-        phones.append((espeak_to_arpabet(ph), sample / sr, min(end, n) / sr))
-    return audio, sr, phones
+        end = min(ev[k + 1][0] if k + 1 < len(ev) else n, n)
+        parts, known = phones.espeak_phones(ph, lang)
+        if not known:
+            unknown.append((ph, (end - sample) / sr))
+        # a diphthong outside ARPAbet (or an affricate) shares the phone's time between its parts
+        step = (end - sample) / len(parts)
+        for i, p in enumerate(parts):
+            out.append((p, (sample + i * step) / sr, (sample + (i + 1) * step) / sr))
+    return audio, sr, out, unknown
 
 
 # --------------------------------------------------------------------------- flite
@@ -180,7 +194,7 @@ def _flite_synth(text: str, voice: str, stretch: float):
             raise TTSError(f"flite voice '{voice}' failed (exit {res.returncode}): {res.stderr.strip()[:200]}")
         audio, sr = sf.read(wav, dtype="float64", always_2d=True)
     audio = audio.mean(axis=1)
-    phones, prev = [], 0.0
+    out, prev = [], 0.0
     for tok in res.stdout.split():
         name, sep, t = tok.rpartition(":")
         if not sep:
@@ -189,11 +203,11 @@ def _flite_synth(text: str, voice: str, stretch: float):
             end = float(t)
         except ValueError:
             continue
-        phones.append((flite_to_arpabet(name), prev, end))
+        out.append((flite_to_arpabet(name), prev, end))
         prev = end
-    if not phones:
+    if not out:
         raise TTSError(f"flite voice '{voice}' printed no phone timings (is -psdur supported?)")
-    return audio, sr, phones
+    return audio, sr, out, []
 
 
 # --------------------------------------------------------------------------- public
@@ -211,15 +225,15 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return y[start:start + n_out]
 
 
-def available_voices() -> list[Voice]:
+def available_voices(languages=None) -> list[Voice]:
     """The voices of :func:`all_voices` that this machine can speak with (warns about the rest)."""
-    known = all_voices()
+    known = all_voices(languages)
     es = espeak_voices_installed([v.name for v in known if v.engine == "espeak"])
-    if not es:
+    if not es and any(v.engine == "espeak" for v in known):
         warnings.warn("synth: espeak-ng voices skipped: libespeak-ng not found or it accepts no "
                       "voice (install the Debian packages espeak-ng libespeak-ng1)", stacklevel=2)
-    fl = flite_voices_installed()
-    if not fl:
+    fl = flite_voices_installed() if any(v.engine == "flite" for v in known) else set()
+    if not fl and any(v.engine == "flite" for v in known):
         warnings.warn("synth: flite voices skipped: flite not installed or lists no voices", stacklevel=2)
     out, missing = [], []
     for v in known:
@@ -231,24 +245,28 @@ def available_voices() -> list[Voice]:
     return out
 
 
-def synthesize(text: str, voice: Voice, rate: float = 1.0, pitch: float = 0.0, pitch_range: float = 0.0):
+def synthesize(text: str, voice: Voice, rate: float = 1.0, pitch: float = 0.0, pitch_range: float = 0.0,
+               info: dict | None = None):
     """Speak ``text``: returns (audio float64 [N] at 16 kHz, phones [(arpabet, start_s, end_s)]).
 
     rate: speed factor (1 = the voice's normal speed); pitch, pitch_range: -1..1 shifts of the espeak
     pitch and intonation range (flite ignores them). Raises TTSError if the voice fails.
+    info: optional dict that receives ``unknown`` (espeak mnemonics that fell back to the default
+    phone, with their durations), ``unknown_s`` and ``speech_s`` (seconds of non-pause phones).
     """
     if voice.engine == "espeak":
-        audio, sr, phones = _espeak_synth(text, voice.name, rate=round(175 * rate),
-                                          pitch=round(50 + 25 * pitch), prange=round(50 + 25 * pitch_range))
+        audio, sr, raw, unknown = _espeak_synth(text, voice.name, rate=round(175 * rate),
+                                                pitch=round(50 + 25 * pitch),
+                                                prange=round(50 + 25 * pitch_range))
     elif voice.engine == "flite":
-        audio, sr, phones = _flite_synth(text, voice.name, stretch=1.0 / rate)
+        audio, sr, raw, unknown = _flite_synth(text, voice.name, stretch=1.0 / rate)
     else:
         raise TTSError(f"unknown engine {voice.engine}")
     if sr != SAMPLE_RATE:
         audio = resample(audio, int(sr), SAMPLE_RATE)
     dur = len(audio) / SAMPLE_RATE
     clean = []
-    for p, s, e in phones:
+    for p, s, e in raw:
         s, e = min(max(s, 0.0), dur), min(max(e, 0.0), dur)
         if e <= s:
             continue
@@ -256,4 +274,8 @@ def synthesize(text: str, voice: Voice, rate: float = 1.0, pitch: float = 0.0, p
             clean[-1] = (p, clean[-1][1], e)
         else:
             clean.append((p, s, e))
+    if info is not None:
+        info["unknown"] = unknown
+        info["unknown_s"] = float(sum(d for _, d in unknown))
+        info["speech_s"] = float(sum(e - s for p, s, e in clean if p != "sil"))
     return audio, clean

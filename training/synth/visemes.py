@@ -86,6 +86,12 @@ VISEME_WEIGHTS: dict[str, dict[str, float]] = {
 # lips whatever the (smoothed) jaw opening is. ICT's mouthClose over-closes at 1:1 with jawOpen.
 VISEME_CLOSURE = {"PP": 1.0, "FF": 0.25}
 CLOSE_PER_JAW = 0.86
+# A bilabial closure lasts at least this long (seconds), centred on its phone: TTS gives /p b m/
+# of 30 ms or less, which a 30 fps track would otherwise never show closed. With the closure's
+# own Gaussian (half the coarticulation sigma) and CLOSURE_GAIN, the lips stay fully shut for
+# about 45 ms or more (>= 1-2 frames at 30 fps), with smooth ramps on both sides.
+CLOSURE_MIN_S = 0.09
+CLOSURE_GAIN = 1.25
 _LIP_OPENERS = ("mouthLowerDown_L", "mouthLowerDown_R", "mouthUpperUp_L", "mouthUpperUp_R", "mouthFunnel")
 
 DEFAULT_STYLE = {
@@ -143,6 +149,20 @@ def _smoothed(segments, values: np.ndarray, times: np.ndarray, sigma: float, lea
     return cover @ values
 
 
+def closure_track(segs, times: np.ndarray, sigma: float, lead: float) -> np.ndarray:
+    """Lip closure 0..1 at ``times``: bilabial (PP) segments widened to CLOSURE_MIN_S around
+    their centre, smoothed with sigma/2 and saturated (so short /p b m/ still shut the lips)."""
+    wide = []
+    for v, a, b, _ in segs:
+        if v == "PP" and b - a < CLOSURE_MIN_S:
+            mid = 0.5 * (a + b)
+            a, b = mid - 0.5 * CLOSURE_MIN_S, mid + 0.5 * CLOSURE_MIN_S
+        wide.append((v, a, b))
+    clos = np.array([[VISEME_CLOSURE.get(s[0], 0.0)] for s in wide]).reshape(-1, 1)
+    c = CLOSURE_GAIN * _smoothed(wide, clos, times, 0.5 * sigma, lead)[:, 0]
+    return np.clip(c, 0.0, 1.0)
+
+
 def viseme_track(phonemes, fps: float, n_frames: int, style: dict | None = None) -> np.ndarray:
     """Expression weights float32 [n_frames, len(EXPRESSIONS)] of a phone sequence.
 
@@ -164,8 +184,7 @@ def viseme_track(phonemes, fps: float, n_frames: int, style: dict | None = None)
     w *= st["amplitude"]
     w[:, _COL["jawOpen"]] *= st["jaw_gain"]
     # Closures are sharper than the rest (lips must actually meet on p/b/m).
-    clos = np.array([[VISEME_CLOSURE.get(s[0], 0.0)] for s in segs]).reshape(-1, 1)
-    c = np.clip(1.2 * _smoothed(segs, clos, times, 0.5 * st["sigma"], st["lead"])[:, 0], 0.0, 1.0)
+    c = closure_track(segs, times, st["sigma"], st["lead"])
     for name in _LIP_OPENERS:  # a closure overrides what pulls the lips apart
         w[:, _COL[name]] *= 1.0 - c
     w[:, _COL["mouthClose"]] = c * CLOSE_PER_JAW * w[:, _COL["jawOpen"]]
