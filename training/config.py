@@ -3,7 +3,8 @@
     python -m training.train --config training/configs/default.toml train.steps=200 data.root=/data
 
 Sections: `[model]` (the fields of backend.model.ModelConfig; `fps` and `frame_size` are filled
-in from the data), `[data]`, `[loss]`, `[train]`. An override's key is a dotted path
+in from the data), `[data]`, `[loss]`, `[train]`, `[augment]` (audio augmentation, all off by
+default). An override's key is a dotted path
 (`train.lr`, `model.audio.config.hidden`); its value is parsed as a TOML value (`3e-4`, `true`,
 `"text"`, `[1, 2]`), and taken as a plain string when it is not one (`data.root=/my/data`).
 Unknown keys are errors, so a typo never silently trains the wrong model.
@@ -56,6 +57,20 @@ class LossSection:
     velocity: float = 0.0  # frame-to-frame differences
     velocity_axis: str = "time"  # "vertices" reproduces the official code's bug
     unit_scale: float = 1000.0  # losses are computed on coordinates × this (metres → mm)
+    # Inner-lip gap (training.lip_geometry; needs lip masks and template faces): squared error of
+    # the predicted vs target upper-minus-lower lip height per frame, in scaled units (mm²),
+    # weighted 1 + gap_closure_boost * exp(-max(opening, 0) / gap_closure_mm), opening = target
+    # gap minus the neutral's, plus gap_bilabial_boost on frames inside p/b/m phones (phone
+    # timings shifted phone_lead earlier; only where the data has them, e.g. clips.json).
+    gap: float = 0.0
+    gap_closure_boost: float = 0.0
+    gap_closure_mm: float = 1.0
+    gap_bilabial_boost: float = 0.0
+    gap_closed_mm: float = 1.0  # validation: frames whose target opening is below this are "closed"
+    # Auxiliary viseme classifier on the audio latents (trainer only, never saved in the model):
+    # cross-entropy against the viseme of each frame from the clip's phone timings.
+    phone: float = 0.0
+    phone_lead: float = 0.06  # seconds: a frame's label is the phone sounding this much later
 
 
 @dataclass
@@ -83,11 +98,37 @@ class TrainSection:
 
 
 @dataclass
+class AugmentSection:
+    """Audio augmentation (training/augment.py), each effect with a probability; all off by default."""
+
+    gain_prob: float = 0.0
+    gain_db: float = 10.0  # uniform in [-gain_db, +gain_db]
+    noise_prob: float = 0.0
+    noise_snr_db: list = field(default_factory=lambda: [15.0, 40.0])  # uniform in [low, high]
+    noise_pink: float = 0.5  # chance that the noise is pink rather than white
+    reverb_prob: float = 0.0
+    reverb_rt60: list = field(default_factory=lambda: [0.1, 0.6])  # seconds
+    reverb_wet: list = field(default_factory=lambda: [0.2, 0.6])  # wet share of the mix
+    telephone_prob: float = 0.0  # 300-3400 Hz band-pass
+    lowpass_prob: float = 0.0  # else (no telephone) a low-pass at a cut-off in lowpass_hz
+    lowpass_hz: list = field(default_factory=lambda: [3000.0, 7000.0])
+    codec_prob: float = 0.0  # mu-law 8-bit or a round trip through 8 kHz (half each)
+    speed_prob: float = 0.0  # speed perturbation: audio resampled, motion time-scaled with it
+    speed: list = field(default_factory=lambda: [0.9, 1.1])  # factor; > 1 = faster
+
+    @property
+    def any_audio(self) -> bool:
+        return max(self.gain_prob, self.noise_prob, self.reverb_prob, self.telephone_prob,
+                   self.lowpass_prob, self.codec_prob) > 0
+
+
+@dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     loss: LossSection = field(default_factory=LossSection)
     train: TrainSection = field(default_factory=TrainSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +160,13 @@ def _coerce(value, current, key: str):
         if isinstance(value, list):
             return [str(v) for v in value]
         return str(value)
+    if isinstance(current, list):  # [low, high] ranges
+        if not isinstance(value, list) or len(value) != len(current) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key} must be a list of {len(current)} numbers, got {value!r}")
+        if len(value) == 2 and value[0] > value[1]:
+            raise ConfigError(f"{key} must be [low, high], got {value!r}")
+        return [float(v) for v in value]
     if isinstance(current, str) and not isinstance(value, str):
         return str(value)
     return value

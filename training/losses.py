@@ -6,14 +6,21 @@
   `axis="vertices"` reproduces the official ScanTalk code, which differences neighbouring vertex
   INDICES (x[:, v+1] - x[:, v]) instead: a bug kept only to reproduce its numbers.
 
+- `gap_loss`: squared error of the inner-lip gap (upper minus lower lip height, y up, per frame;
+  training.lip_geometry finds the inner-lip vertices on any topology), weighted up where the
+  target lips are closed (`gap_weights`), so that p/b/m closures are not averaged away.
+- `phone_loss`: cross-entropy of an auxiliary per-frame viseme classifier (labels -1 = unknown).
+
 `compute_losses` combines them with configurable weights; coordinates are multiplied by
 `unit_scale` first (1000: metres → millimetres, so Adam sees gradients of a sensible size).
+`closure_gap_error` is the validation measure: summed |gap error| over target-closed frames.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 VELOCITY_AXES = ("time", "vertices")
 
@@ -42,6 +49,55 @@ def velocity_mse(pred: torch.Tensor, target: torch.Tensor, axis: str = "time") -
     return mse(dp, dt)
 
 
+def lip_gap(x: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+    """[T, V, 3] → [T]: mean height (y) of the upper inner lip minus that of the lower."""
+    return x[:, upper, 1].mean(-1) - x[:, lower, 1].mean(-1)
+
+
+def gap_weights(target_gap: torch.Tensor, neutral_gap: float, closure_boost: float = 0.0,
+                closure_scale: float = 1.0, bilabial: torch.Tensor | None = None,
+                bilabial_boost: float = 0.0) -> torch.Tensor:
+    """Per-frame weights 1 + closure_boost * exp(-max(opening, 0) / closure_scale), opening = target
+    gap minus the neutral's (lips at rest or pressed: the full boost; 1 scale unit open: 37 %),
+    plus bilabial_boost on the frames flagged in `bilabial` (inside a p/b/m phone)."""
+    opening = (target_gap - neutral_gap).clamp(min=0.0)
+    w = 1.0 + closure_boost * torch.exp(-opening / closure_scale)
+    if bilabial is not None and bilabial_boost:
+        w = w + bilabial_boost * bilabial.to(w.dtype)
+    return w.detach()
+
+
+def gap_loss(pred_gap: torch.Tensor, target_gap: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over frames of weight × squared gap error."""
+    err = (pred_gap - target_gap) ** 2
+    return (err if weights is None else weights * err).mean()
+
+
+def phone_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of [T, C] logits against [T] class labels; frames labelled -1 are ignored."""
+    if not bool((labels >= 0).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, ignore_index=-1)
+
+
+def closure_gap_error(pred_gap: torch.Tensor, target_gap: torch.Tensor, neutral_gap: float,
+                      closed: float) -> tuple[float, int]:
+    """(sum of |pred - target| gap over frames whose target opening is below `closed`, count)."""
+    mask = (target_gap - neutral_gap) < closed
+    return float((pred_gap - target_gap).abs()[mask].sum()), int(mask.sum())
+
+
+@dataclass
+class GapInputs:
+    """What the gap loss needs besides pred and target: the inner-lip vertices, the (augmented)
+    neutral's gap in the same units as pred, and optionally the frames inside p/b/m phones."""
+
+    upper: torch.Tensor
+    lower: torch.Tensor
+    neutral_gap: float
+    bilabial: torch.Tensor | None = None  # [T] bool, aligned with pred's frames
+
+
 @dataclass
 class LossWeights:
     mse: float = 1.0
@@ -49,6 +105,11 @@ class LossWeights:
     velocity: float = 0.0
     velocity_axis: str = "time"
     unit_scale: float = 1.0
+    gap: float = 0.0
+    gap_closure_boost: float = 0.0
+    gap_closure_mm: float = 1.0  # in scaled units (mm when unit_scale = 1000)
+    gap_bilabial_boost: float = 0.0
+    phone: float = 0.0
 
     def __post_init__(self):
         if self.velocity_axis not in VELOCITY_AXES:
@@ -57,15 +118,21 @@ class LossWeights:
     @classmethod
     def from_section(cls, sec) -> "LossWeights":
         return cls(mse=sec.mse, lip=sec.lip, velocity=sec.velocity, velocity_axis=sec.velocity_axis,
-                   unit_scale=sec.unit_scale)
+                   unit_scale=sec.unit_scale, gap=sec.gap, gap_closure_boost=sec.gap_closure_boost,
+                   gap_closure_mm=sec.gap_closure_mm, gap_bilabial_boost=sec.gap_bilabial_boost,
+                   phone=sec.phone)
 
 
 def compute_losses(pred: torch.Tensor, target: torch.Tensor, weights: LossWeights,
-                   lips: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   lips: torch.Tensor | None = None, gap: GapInputs | None = None,
+                   phone_logits: torch.Tensor | None = None,
+                   phone_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Every term (unweighted, in scaled units) and `total` = the weighted sum.
 
     A term with weight 0 is still reported (for logs) but costs no gradient. The lip term needs
-    `lips`; without a mask it is left out (and reported as NaN).
+    `lips`, the gap term `gap`, the phone term logits and labels; a term without its inputs is left
+    out and reported as NaN (logits without labels still join the graph at zero cost, so every
+    parameter gets a gradient, as DDP wants).
     """
     s = weights.unit_scale
     p, t = pred * s, target * s
@@ -82,5 +149,23 @@ def compute_losses(pred: torch.Tensor, target: torch.Tensor, weights: LossWeight
         with torch.no_grad():
             out["velocity"] = velocity_mse(p, t, weights.velocity_axis)
     total = total + weights.velocity * out["velocity"]
+    nan = torch.tensor(float("nan"))
+    if gap is not None:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weights.gap > 0):
+            tg = lip_gap(t, gap.upper, gap.lower)
+            w = gap_weights(tg, gap.neutral_gap * s, weights.gap_closure_boost, weights.gap_closure_mm,
+                            gap.bilabial, weights.gap_bilabial_boost)
+            out["gap"] = gap_loss(lip_gap(p, gap.upper, gap.lower), tg, w)
+        if weights.gap:
+            total = total + weights.gap * out["gap"]
+    else:
+        out["gap"] = nan
+    if phone_logits is not None and phone_labels is not None:
+        out["phone"] = phone_loss(phone_logits, phone_labels)
+        total = total + weights.phone * out["phone"]
+    else:
+        out["phone"] = nan
+        if phone_logits is not None:
+            total = total + phone_logits.sum() * 0.0
     out["total"] = total
     return out

@@ -7,8 +7,16 @@ One step = one clip: the speech encoder and the BiLSTM run on the whole clip, th
 on the (augmented) neutral mesh, and the decoder on a random window of `train.window_frames`
 frames (decoding every frame is what makes CPU training slow). Augmentation: a small random
 scale and translation of the template, applied identically to the motion targets (operators are
-scaled analytically, not recomputed), and optional silence padding (a still face over silence).
+scaled analytically, not recomputed), optional silence padding (a still face over silence), and
+the audio augmentation of the [augment] section (training/augment.py: gain, noise, reverb, band
+limits, codecs, and speed perturbation, which time-scales the motion target with the audio).
 Under DDP every rank takes its own shard of the clips each epoch and gradients are averaged.
+
+Lip closures: each subject's inner lip (training.lip_geometry) is found once, with its operators;
+`loss.gap` adds a per-frame inner-lip gap loss weighted up on closed lips and on p/b/m frames.
+`loss.phone` adds an auxiliary viseme classifier on the audio latents (phone timings from the
+dataset's clips.json, as training.synth writes it); the classifier lives in the trainer only and
+is saved in last.pt under `aux_heads` for --resume, never in the model's weights.
 
 Every template is centred on its bounding-box centre, in training and at inference (the model's
 frame: `frame_centre` = (0, 0, 0), `frame_size` = the mean bounding-box diagonal of the training
@@ -44,14 +52,17 @@ from backend.diffusionnet import TorchOperators
 from backend.framing import bbox
 from backend.model import ModelConfig, ScanTalk
 from backend.operator_cache import get_operators
+from training.augment import augment_audio, interpolate_frames, speed_frame_positions, speed_perturb
 from training.config import ConfigError, TrainConfig, load_config
 from training.datasets import Clip, DatasetError, DatasetListing, check_clip, read_dataset
-from training.losses import LossWeights, compute_losses
+from training.lip_geometry import inner_lip
+from training.losses import GapInputs, LossWeights, closure_gap_error, compute_losses, lip_gap
 
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
 warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
 
 SAMPLE_RATE = 16000
+N_VISEMES, PP_CLASS = 15, 1  # training.synth.visemes.VISEMES: sil, PP, FF, ...
 
 
 # --------------------------------------------------------------------------- distributed
@@ -134,6 +145,19 @@ class Shape:
     neutral: torch.Tensor  # [V, 3] centred template
     ops: TorchOperators
     lips: torch.Tensor | None
+    upper: torch.Tensor | None = None  # inner-lip vertices (training.lip_geometry), or None
+    lower: torch.Tensor | None = None
+
+
+def find_inner_lip(s, centre, device):
+    """(upper, lower) inner-lip vertex tensors of a subject, or (None, None) without a usable mask."""
+    if s.lips is None or s.faces is None:
+        return None, None
+    try:
+        il = inner_lip(s.template_vertices - centre, s.faces, s.lips)
+    except ValueError:
+        return None, None
+    return (torch.from_numpy(il.upper).long().to(device), torch.from_numpy(il.lower).long().to(device))
 
 
 def prepare_shapes(listings, k_eig: int, grad_eps: float, cache, d: Dist, device, log=print) -> dict[str, Shape]:
@@ -155,15 +179,18 @@ def prepare_shapes(listings, k_eig: int, grad_eps: float, cache, d: Dist, device
         s = subjects[name]
         c, _ = bbox(s.template_vertices)
         ops, _ = get_operators(s.template_vertices - c, s.faces, k_eig, grad_eps, cache=cache)
+        upper, lower = find_inner_lip(s, c, device)
         shapes[name] = Shape(
             centre=c,
             neutral=torch.from_numpy((s.template_vertices - c).astype(np.float32)).to(device),
             ops=TorchOperators.from_numpy(ops, device),  # scipy-backed sparse products on CPU
             lips=None if s.lips is None else torch.from_numpy(s.lips).long().to(device),
+            upper=upper, lower=lower,
         )
     if d.main:
+        no_lip = sum(sh.upper is None for sh in shapes.values())
         log(f"operators for {len(names)} templates ready ({computed} computed on rank 0, "
-            f"{time.time() - t0:.1f} s)")
+            f"{time.time() - t0:.1f} s); inner lip found on {len(names) - no_lip}")
     return shapes
 
 
@@ -175,6 +202,28 @@ def scaled_operators(ops: TorchOperators, s: float) -> TorchOperators:
         return ops
     return TorchOperators(mass=ops.mass * s * s, evals=ops.evals / (s * s), evecs=ops.evecs / s,
                           grad=ops.grad * (1.0 / s))
+
+
+def read_phones(data) -> dict[str, list]:
+    """Phone timings per clip name ([[phone, start_s, end_s], ...]) from the dataset's clips.json
+    (training.synth writes it); {} when the dataset has none (vocaset, biwi, ...)."""
+    path = Path(data.root) / "clips.json"
+    if data.layout != "general" or not path.is_file():
+        return {}
+    clips = json.loads(path.read_text(encoding="utf-8")).get("clips", {})
+    return {name: c["phonemes"] for name, c in clips.items() if c.get("phonemes")}
+
+
+def frame_visemes(phones, times: np.ndarray) -> np.ndarray:
+    """Viseme class (index into training.synth.visemes.VISEMES) of the phone sounding at each
+    time; -1 where no phone covers it. Diphthongs are split as the generator splits them."""
+    from training.synth.visemes import VISEMES, viseme_segments
+
+    index = {v: i for i, v in enumerate(VISEMES)}
+    out = np.full(len(times), -1, np.int64)
+    for vis, a, b, _ in viseme_segments(phones):
+        out[(times >= a) & (times < b)] = index[vis]
+    return out
 
 
 class ClipStore:
@@ -207,13 +256,22 @@ class Example:
     ops: TorchOperators
     target: torch.Tensor  # [f1 - f0, V, 3]
     lips: torch.Tensor | None
+    gap: GapInputs | None = None  # inner lip of this subject (bilabial frames: of the window)
+    visemes: torch.Tensor | None = None  # [n_frames] viseme class per frame (-1 unknown), or None
 
 
 def make_example(clip: Clip, shape: Shape, store: ClipStore, tcfg, rng: np.random.Generator,
-                 device, train: bool = True) -> Example:
+                 device, train: bool = True, aug=None, phones=None, phone_lead: float = 0.06) -> Example:
     motion = store.motion(clip)
     T = motion.shape[0]
     wav = store.wav(clip)
+    # Speed perturbation: faster audio, and the motion read at the matching (fractional) frames.
+    speed, positions = 1.0, None
+    if train and aug is not None and aug.speed_prob > 0 and rng.random() < aug.speed_prob:
+        speed = float(rng.uniform(*aug.speed))
+        wav = speed_perturb(wav, speed)
+        positions = speed_frame_positions(len(wav), clip.fps, speed, T)
+        T = len(positions)
     pad0 = pad1 = 0
     if train and tcfg.silence_pad_prob > 0 and rng.random() < tcfg.silence_pad_prob:
         n = int(rng.integers(1, max(2, int(tcfg.silence_pad_max * clip.fps) + 1)))
@@ -225,14 +283,19 @@ def make_example(clip: Clip, shape: Shape, store: ClipStore, tcfg, rng: np.rando
         spf = SAMPLE_RATE / clip.fps
         wav = np.concatenate([np.zeros(int(round(pad0 * spf)), np.float32), wav,
                               np.zeros(int(round(pad1 * spf)), np.float32)])
+    if train and aug is not None and aug.any_audio:
+        wav, _ = augment_audio(wav, aug, rng)
     total = T + pad0 + pad1
     W = total if (not train or tcfg.window_frames <= 0) else min(tcfg.window_frames, total)
     f0 = int(rng.integers(0, total - W + 1)) if train else 0
     f1 = f0 + W
     # Padded frames hold the clip's first / last pose (the face at rest in the silence).
     idx = np.clip(np.arange(f0, f1) - pad0, 0, T - 1)
-    lo, hi = int(idx.min()), int(idx.max()) + 1
-    frames = np.asarray(motion[lo:hi], dtype=np.float32)[idx - lo]
+    if positions is not None:
+        frames = interpolate_frames(motion, positions[idx])
+    else:
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        frames = np.asarray(motion[lo:hi], dtype=np.float32)[idx - lo]
     target = torch.from_numpy(frames - shape.centre.astype(np.float32)).to(device)
     neutral, ops = shape.neutral, shape.ops
     if train and (tcfg.augment_scale > 0 or tcfg.augment_translate > 0):
@@ -241,21 +304,35 @@ def make_example(clip: Clip, shape: Shape, store: ClipStore, tcfg, rng: np.rando
         neutral = neutral * s + shift
         target = target * s + shift
         ops = scaled_operators(ops, s)
+    visemes = gap = None
+    if phones is not None:
+        # Frame j (of the padded clip) shows the viseme of the phone sounding phone_lead later;
+        # phone times are in the original clip's time, which runs `speed` times faster here.
+        t = ((np.arange(total) - pad0) / clip.fps + phone_lead) * speed
+        vis = frame_visemes(phones, t)
+        vis[(np.arange(total) < pad0) | (np.arange(total) >= pad0 + T)] = 0  # padding: silence
+        visemes = torch.from_numpy(vis).to(device)
+    if shape.upper is not None:
+        bilabial = None if visemes is None else visemes[f0:f1] == PP_CLASS
+        g0 = float(lip_gap(neutral[None], shape.upper, shape.lower)[0])
+        gap = GapInputs(shape.upper, shape.lower, g0, bilabial)
     return Example(torch.from_numpy(np.ascontiguousarray(wav))[None].to(device), total, f0, f1,
-                   neutral, ops, target, shape.lips)
+                   neutral, ops, target, shape.lips, gap, visemes)
 
 
 class WindowStep(nn.Module):
     """The training forward pass as one module (what DDP wraps): absolute positions of a window."""
 
-    def __init__(self, model: ScanTalk):
+    def __init__(self, model: ScanTalk, phone_head: nn.Module | None = None):
         super().__init__()
         self.model = model
+        self.phone_head = phone_head  # trainer-only viseme classifier on the audio latents
 
     def forward(self, wav, n_frames: int, f0: int, f1: int, neutral, ops):
-        audio = self.model.encode_audio(wav, n_frames)[f0:f1]
+        audio = self.model.encode_audio(wav, n_frames)
+        logits = None if self.phone_head is None else self.phone_head(audio)  # every frame
         geom = self.model.encode_geometry(neutral, ops)
-        return neutral[None] + self.model.decode(geom, audio, ops)
+        return neutral[None] + self.model.decode(geom, audio[f0:f1], ops), logits
 
 
 # --------------------------------------------------------------------------- schedule, eval
@@ -270,35 +347,59 @@ def learning_rate(step: int, t) -> float:
 
 
 @torch.no_grad()
-def validate(model: ScanTalk, clips, shapes, store, cfg: TrainConfig, weights: LossWeights, d: Dist, device) -> dict:
+def validate(model: ScanTalk, clips, shapes, store, cfg: TrainConfig, weights: LossWeights, d: Dist, device,
+             phones=None, phone_head=None) -> dict:
     """Losses on whole validation clips (no augmentation), averaged over clips and ranks.
-    Also the lip vertex error (LVE, mean over frames of the max squared lip error, mm²)."""
+    Also the lip vertex error (LVE, mean over frames of the max squared lip error, mm²) and
+    `closure_gap_mm`: the mean |predicted - target| inner-lip gap (scaled units: mm) over the
+    frames where the target lips are closed (opening below loss.gap_closed_mm), pooled."""
     from backend.inference import chunk_size
 
     model.eval()
-    keys = ("total", "mse", "lip", "velocity", "lve_mm2")
+    if phone_head is not None:
+        phone_head.eval()
+    keys = ("total", "mse", "lip", "velocity", "gap", "phone", "lve_mm2")
     sums = [0.0] * (len(keys) + 1)
+    counts = [0.0] * len(keys)
+    closed_sum = closed_n = 0.0
     rng = np.random.default_rng(0)
+    phones = phones or {}
     for clip in clips[d.rank::d.world]:
         shape = shapes[clip.subject]
-        ex = make_example(clip, shape, store, cfg.train, rng, device, train=False)
+        ex = make_example(clip, shape, store, cfg.train, rng, device, train=False,
+                          phones=phones.get(clip.name), phone_lead=cfg.loss.phone_lead)
         audio = model.encode_audio(ex.wav, ex.n_frames)
         geom = model.encode_geometry(ex.neutral, ex.ops)
         chunk = chunk_size(ex.neutral.shape[0], model.cfg.width, device)
         pred = ex.neutral[None] + model.decode(geom, audio, ex.ops, chunk_frames=chunk)
-        terms = compute_losses(pred, ex.target, weights, ex.lips)
+        logits = None if phone_head is None else phone_head(audio)
+        terms = compute_losses(pred, ex.target, weights, ex.lips, ex.gap, logits, ex.visemes)
         lve = float("nan")
         if ex.lips is not None:
             sq = ((pred[:, ex.lips] - ex.target[:, ex.lips]) ** 2).sum(-1) * 1e6
             lve = float(sq.max(dim=1).values.mean())
-        vals = [float(terms["total"]), float(terms["mse"]), float(terms["lip"]), float(terms["velocity"]), lve]
+        if ex.gap is not None:
+            s = weights.unit_scale
+            e, k = closure_gap_error(lip_gap(pred, ex.gap.upper, ex.gap.lower) * s,
+                                     lip_gap(ex.target, ex.gap.upper, ex.gap.lower) * s,
+                                     ex.gap.neutral_gap * s, cfg.loss.gap_closed_mm)
+            closed_sum, closed_n = closed_sum + e, closed_n + k
+        vals = [float(terms[k]) for k in keys[:-1]] + [lve]
         for i, v in enumerate(vals):
-            sums[i] += 0.0 if math.isnan(v) else v
+            if not math.isnan(v):
+                sums[i] += v
+                counts[i] += 1
         sums[-1] += 1
-    sums = all_sum(d, sums)
+    tot = all_sum(d, sums + counts + [closed_sum, closed_n])
     model.train()
-    n = max(sums[-1], 1)
-    return {k: sums[i] / n for i, k in enumerate(keys)}
+    if phone_head is not None:
+        phone_head.train()
+    n_k = len(keys)
+    sums, counts, (closed_sum, closed_n) = tot[:n_k], tot[n_k + 1:2 * n_k + 1], tot[2 * n_k + 1:]
+    out = {k: sums[i] / counts[i] if counts[i] else float("nan") for i, k in enumerate(keys)}
+    out["closure_gap_mm"] = closed_sum / closed_n if closed_n else float("nan")
+    out["closed_frames"] = closed_n
+    return out
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -356,6 +457,14 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     mcfg = build_model_config(cfg, train_set.fps, frame_size)
     shapes = prepare_shapes([train_set] + ([val_set] if val_set is not None else []),
                             mcfg.k_eig, mcfg.grad_eps, cfg.data.operator_cache or None, d, device, log)
+    phones = read_phones(cfg.data)
+    if cfg.loss.gap > 0 and all(shapes[c.subject].upper is None for c in train_clips):
+        raise DatasetError("loss.gap > 0 needs lip masks (and faces) to find the inner lip; no training subject has one")
+    use_phone = cfg.loss.phone > 0 and any(c.name in phones for c in train_clips)
+    if cfg.loss.phone > 0:
+        n_ph = sum(c.name in phones for c in train_clips)
+        log(f"phone timings for {n_ph} of {len(train_clips)} training clips" +
+            ("" if use_phone else ": no viseme head (loss.phone skipped)"))
 
     # ---- model, optimizer, resume
     torch.manual_seed(tc.seed)
@@ -366,7 +475,10 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     if tc.freeze_audio_features and hasattr(model.audio_encoder, "model"):
         for p in model.audio_encoder.model.feature_extractor.parameters():
             p.requires_grad_(False)
+    # The auxiliary viseme classifier: trained with the model, never part of its checkpoint.
+    phone_head = nn.Linear(mcfg.latent, N_VISEMES).to(device) if use_phone else None
     params = [p for p in model.parameters() if p.requires_grad]
+    params += [] if phone_head is None else list(phone_head.parameters())
     opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
     step, best_val, elapsed_before = 0, float("inf"), 0.0
     if resume:
@@ -376,14 +488,21 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             raise ConfigError(f"{path} was trained with another model config; resume with the same "
                               f"config (checkpoint: {data.get('config')}, now: {mcfg.to_dict()})")
         model.load_state_dict(data["model"])
+        heads = data.get("aux_heads", {})
+        if (phone_head is None) != ("phone" not in heads):
+            raise ConfigError(f"{path} was trained {'with' if 'phone' in heads else 'without'} the viseme head "
+                              f"(loss.phone); resume with the same loss.phone setting")
+        if phone_head is not None:
+            phone_head.load_state_dict(heads["phone"])
         opt.load_state_dict(data["optimizer"])
         step, best_val = int(data["step"]), float(data.get("best_val", float("inf")))
         elapsed_before = float(data.get("elapsed_s", 0.0))
         log(f"resumed from {path} at step {step}")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params:,} parameters ({mcfg.audio.get('kind')} audio encoder, width {mcfg.width}, "
-        f"{mcfg.n_blocks} blocks, k_eig {mcfg.k_eig})")
-    net = WindowStep(model)
+        f"{mcfg.n_blocks} blocks, k_eig {mcfg.k_eig})" + ("" if phone_head is None else " + viseme head"))
+    aug = cfg.augment
+    net = WindowStep(model, phone_head)
     if d.on:
         net = nn.parallel.DistributedDataParallel(net)
     weights = LossWeights.from_section(cfg.loss)
@@ -408,8 +527,10 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                      train_config=cfg.to_dict())
         if val is not None:
             extra["val"] = val
-        if with_optimizer:
+        if with_optimizer:  # last.pt: everything --resume needs, the trainer-only head included
             extra["optimizer"] = opt.state_dict()
+            if phone_head is not None:
+                extra["aux_heads"] = {"phone": phone_head.state_dict()}
         save_model(path, model, **extra)
 
     # ---- loop
@@ -420,17 +541,19 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     stop = False
     model.train()
     while step < tc.steps and not stop:
+        t_step = time.time()
         epoch, k = divmod(step, per_rank)
         perm = np.random.default_rng([tc.seed, 7, epoch]).permutation(n)
         clip = train_clips[perm[k * d.world + d.rank]]
         rng = np.random.default_rng([tc.seed, 11, d.rank, step])
-        ex = make_example(clip, shapes[clip.subject], store, tc, rng, device, train=True)
+        ex = make_example(clip, shapes[clip.subject], store, tc, rng, device, train=True, aug=aug,
+                          phones=phones.get(clip.name), phone_lead=cfg.loss.phone_lead)
 
         lr = learning_rate(step, tc)
         for g in opt.param_groups:
             g["lr"] = lr
-        pred = net(ex.wav, ex.n_frames, ex.f0, ex.f1, ex.neutral, ex.ops)
-        terms = compute_losses(pred, ex.target, weights, ex.lips)
+        pred, logits = net(ex.wav, ex.n_frames, ex.f0, ex.f1, ex.neutral, ex.ops)
+        terms = compute_losses(pred, ex.target, weights, ex.lips, ex.gap, logits, ex.visemes)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
@@ -438,14 +561,17 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         step += 1
 
         for key, v in terms.items():
-            running[key] = running.get(key, 0.0) + float(v.detach())
-        running["grad_norm"] = running.get("grad_norm", 0.0) + float(gnorm)
-        running["_n"] = running.get("_n", 0) + 1
+            v = float(v.detach())
+            if not math.isnan(v):  # a clip without phones (or a lip mask) has no such term
+                running[key] = running.get(key, 0.0) + v
+                running["_n_" + key] = running.get("_n_" + key, 0) + 1
+        for key, v in (("grad_norm", float(gnorm)), ("step_s", time.time() - t_step)):
+            running[key] = running.get(key, 0.0) + v
+            running["_n_" + key] = running.get("_n_" + key, 0) + 1
         if bar is not None:
             bar.update(1)
         if step % tc.log_every == 0 or step == tc.steps:
-            cnt = running.pop("_n")
-            avg = {key: v / cnt for key, v in running.items()}
+            avg = {key: v / running["_n_" + key] for key, v in running.items() if not key.startswith("_n_")}
             running = {}
             if writer is not None:
                 for key, v in avg.items():
@@ -456,17 +582,22 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                 writer.add_scalar("model/decoder_block0_mean_log10_time", float(times.log10().mean()), step)
             if bar is not None:
                 bar.set_postfix(loss=f"{avg['total']:.4g}", lr=f"{lr:.2g}")
+            else:
+                log(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in avg.items()) + f", lr {lr:.2g}")
             if tc.max_minutes > 0:
                 over = elapsed_before + time.time() - t_start > tc.max_minutes * 60
                 stop = all_sum(d, [float(over)])[0] > 0  # every rank stops at the same step
         if val_clips and (step % tc.val_every == 0 or step == tc.steps or stop):
-            val = validate(model, val_clips, shapes, store, cfg, weights, d, device)
+            val = validate(model, val_clips, shapes, store, cfg, weights, d, device, phones, phone_head)
             last_val = val
             if writer is not None:
                 for key, v in val.items():
-                    writer.add_scalar(f"val/{key}", v, step)
+                    if not math.isnan(v):
+                        writer.add_scalar(f"val/{key}", v, step)
             msg = (f"step {step}: val loss {val['total']:.4g} (mse {val['mse']:.4g}, lip {val['lip']:.4g}, "
-                   f"vel {val['velocity']:.4g}, LVE {val['lve_mm2']:.3g} mm²)")
+                   f"vel {val['velocity']:.4g}, gap {val['gap']:.4g}, phone {val['phone']:.4g}, "
+                   f"LVE {val['lve_mm2']:.3g} mm², closure gap error {val['closure_gap_mm']:.3g} mm "
+                   f"over {val['closed_frames']:.0f} closed frames)")
             if bar is not None:
                 bar.write(msg)
             else:
