@@ -29,7 +29,7 @@ def dataset(tmp_path_factory):
     from training.synth import generate
 
     out = tmp_path_factory.mktemp("synth") / "ds"
-    return generate(out, subjects=2, sentences=2, seed=0, fps=30, workers=1, ict_path=ICT)
+    return generate(out, subjects=2, sentences=2, seed=0, fps=30, workers=1, ict_path=ICT, languages="en")
 
 
 def _meta(d):
@@ -120,7 +120,8 @@ def test_deterministic_across_workers_and_seed_matters(dataset, tmp_path):
     d = Path(dataset)
     again = tmp_path / "again"
     cmd = [sys.executable, "-m", "training.synth", "--out", str(again), "--subjects", "2",
-           "--sentences", "2", "--seed", "0", "--fps", "30", "--workers", "2", "--ict", str(ICT)]
+           "--sentences", "2", "--seed", "0", "--fps", "30", "--workers", "2", "--ict", str(ICT),
+           "--languages", "en"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     files = sorted(p.relative_to(d) for p in d.rglob("*") if p.is_file())
@@ -130,7 +131,7 @@ def test_deterministic_across_workers_and_seed_matters(dataset, tmp_path):
 
     from training.synth import generate
 
-    other = generate(tmp_path / "other", subjects=2, sentences=2, seed=1, ict_path=ICT)
+    other = generate(tmp_path / "other", subjects=2, sentences=2, seed=1, ict_path=ICT, languages="en")
     a = np.load(d / "vertices" / "synth000_sentence01.npy")
     b = np.load(other / "vertices" / "synth000_sentence01.npy")
     assert a.shape != b.shape or not np.array_equal(a, b)
@@ -190,3 +191,195 @@ def test_general_reader_accepts_the_output(dataset):
     meta, _ = _meta(Path(dataset))
     listing = datasets.read_general(dataset, "train")
     assert len(listing) == 2 * len(meta["splits"]["train"])
+
+
+# --------------------------------------------------------------------------- multilingual
+
+def _need_espeak():
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed (Debian packages espeak-ng libespeak-ng1)")
+    from training.synth import tts
+
+    if not tts.espeak_voices_installed(["de"]):
+        pytest.skip("libespeak-ng not loadable (Debian package libespeak-ng1)")
+
+
+def test_general_phone_mapping_keeps_lips():
+    from training.synth.phones import espeak_phones
+
+    for lang in ("de", "hi", "sw", "ko", "cmn-latn-pinyin", "ru", "en"):
+        for ph, want in (("p", "p"), ("b", "b"), ("m", "m"), ("'m", "m"), ("f", "f"), ("v", "v")):
+            assert espeak_phones(ph, lang)[0] == (want,), (lang, ph)
+    for ph, want in (("p#", "p"), ("b#", "b"), ("m-", "m"), ("m;", "m"), ("ph", "p"), ("p-", "p"),
+                     ("B", "b"), ("v#", "v")):
+        parts, known = espeak_phones(ph, "xx")
+        assert known and parts == (want,), ph
+    # rounded vowels stay rounded, aspirated 'th' is a t (not English theta), pauses are silence
+    for ph in ("o", "o:", "O~", "u", "u:", "y", "Y:", "W", "8"):
+        assert espeak_phones(ph, "de")[0][0] in {"ao", "ow", "uw", "uh"}, ph
+    assert espeak_phones("th", "cmn-latn-pinyin")[0] == ("t",)
+    assert espeak_phones("uo", "cmn-latn-pinyin")[0] == ("uw", "ao")
+    assert espeak_phones("_:", "de")[0] == ("sil",)
+    assert espeak_phones("%$", "de") == (("ax",), False)
+
+
+def test_every_language_has_sentences_in_its_own_script():
+    import unicodedata
+
+    from training.synth import tts
+    from training.synth.sentences_multi import SENTENCES
+
+    assert len(tts.LANGUAGES) + 1 >= 24 and set(tts.LANGUAGES) == set(SENTENCES)
+    assert len(tts.HELD_OUT_LANGUAGES) >= 3
+    from training.synth.sentences_multi import FAMILY
+
+    assert len({FAMILY[lang] for lang in tts.HELD_OUT_LANGUAGES}) == len(tts.HELD_OUT_LANGUAGES)
+    script = {"ru": "CYRILLIC", "uk": "CYRILLIC", "el": "GREEK", "hi": "DEVANAGARI", "bn": "BENGALI",
+              "ar": "ARABIC", "fa": "ARABIC", "ko": "HANGUL", "ta": "TAMIL", "ja": ("HIRAGANA", "KATAKANA")}
+    for lang, sents in SENTENCES.items():
+        assert 10 <= len(sents) <= 20 and len(set(sents)) == len(sents), lang
+        if lang in script:
+            for s in sents:
+                names = [unicodedata.name(ch, "") for ch in s if ch.isalpha()]
+                assert names and all(n.startswith(script[lang]) for n in names), (lang, s)
+        if lang == "ja":
+            assert not any("CJK" in unicodedata.name(ch, "") for s in sents for ch in s)  # kana only
+
+
+@pytest.mark.parametrize("lang,text", [
+    ("de", "Mein Bruder backt am Montag Brot mit Paul."),
+    ("sw", "Mama yangu hunywa maziwa na babu."),
+    ("hi", "मेरी माँ सुबह बाज़ार में पपीता खरीदती है।"),
+])
+def test_espeak_synthesis_maps_bilabials(lang, text):
+    _need_espeak()
+    from training.synth import tts
+
+    info = {}
+    audio, phones = tts.synthesize(text, tts.Voice("espeak", lang), info=info)
+    assert len(audio) > 16000 * 0.5
+    names = [p for p, _, _ in phones]
+    n_bilabial = sum(p in ("p", "b", "m") for p in names)
+    assert n_bilabial >= 4, names
+    from training.synth.visemes import PHONE_TO_VISEME
+
+    assert all(p in PHONE_TO_VISEME for p in names), names
+    assert info["unknown_s"] <= 0.05 * info["speech_s"], info["unknown"]
+
+
+def test_unknown_phones_are_rare_in_every_language():
+    """Fewer than 5 % of each language's phone time falls back to the default phone."""
+    _need_espeak()
+    from training.synth import tts
+    from training.synth.generate import sentences_of
+
+    ok = tts.espeak_voices_installed(["en-us", *tts.LANGUAGES])
+    report = {}
+    for lang in ["en-us", *tts.LANGUAGES]:
+        if lang not in ok:
+            continue
+        unknown = speech = 0.0
+        for text in sentences_of(tts.language_of(lang))[:3]:
+            info = {}
+            tts.synthesize(text, tts.Voice("espeak", lang), info=info)
+            unknown += info["unknown_s"]
+            speech += info["speech_s"]
+        report[lang] = unknown / speech
+    assert len(report) >= 20, f"only {sorted(report)} speak here"
+    bad = {k: round(v, 3) for k, v in report.items() if v >= 0.05}
+    assert not bad, bad
+
+
+def test_short_bilabials_close_the_lips_at_30fps():
+    """Every /p b m/ of 20-40 ms between open vowels shuts the lips on at least one 30 fps frame
+    of its window [start - lead - 30 ms, end - lead + 30 ms], and the closure has no one-frame pop."""
+    from training.synth.visemes import CLOSE_PER_JAW, EXPRESSIONS, viseme_track
+
+    jaw, close = EXPRESSIONS.index("jawOpen"), EXPRESSIONS.index("mouthClose")
+    openers = [EXPRESSIONS.index(n) for n in ("mouthLowerDown_L", "mouthLowerDown_R", "mouthUpperUp_L",
+                                              "mouthUpperUp_R", "mouthFunnel")]
+    rng = np.random.default_rng(0)
+    n_checked = 0
+    for trial in range(60):
+        sigma, lead = rng.uniform(0.025, 0.045), rng.uniform(0.045, 0.075)
+        t = 0.3 + rng.uniform(0, 0.04)
+        ph, bil = [("sil", 0.0, t)], []
+        for k in range(6):
+            d = rng.uniform(0.06, 0.15)
+            ph.append((["aa", "ae", "ao"][k % 3], t, t + d))
+            t += d
+            d = 0.03 if k % 2 else rng.uniform(0.02, 0.04)
+            ph.append((["p", "b", "m"][k % 3], t, t + d))
+            bil.append((t, t + d))
+            t += d
+        ph += [("aa", t, t + 0.12), ("sil", t + 0.12, t + 0.6)]
+        n = int((t + 0.6) * 30) + 1
+        style = {"sigma": sigma, "lead": lead, "amplitude": rng.uniform(0.75, 1.25), "jaw_gain": rng.uniform(0.8, 1.3)}
+        w = viseme_track(ph, 30, n, style).astype(np.float64)
+        times = np.arange(n) / 30.0
+        c = w[:, close] / (CLOSE_PER_JAW * np.maximum(w[:, jaw], 1e-9))
+        shut = (c >= 0.95) & (w[:, openers].max(axis=1) < 0.03) & (w[:, jaw] > 0.05)
+        for a, b in bil:
+            win = (times >= a - lead - 0.03) & (times <= b - lead + 0.03)
+            assert shut[win].any(), (trial, a, b, c[win])
+            n_checked += 1
+        # smooth: no frame is closed while both its neighbours are wide open
+        for i in range(1, n - 1):
+            if c[i] >= 0.95:
+                assert max(c[i - 1], c[i + 1]) > 0.3, (trial, i)
+    assert n_checked == 360
+
+
+@pytest.fixture(scope="module")
+def multi_dataset(tmp_path_factory):
+    _need_tools()
+    from training.synth import generate
+
+    out = tmp_path_factory.mktemp("synth_multi") / "ds"
+    return generate(out, subjects=2, sentences=3, seed=3, fps=30, workers=1, ict_path=ICT,
+                    languages="en,de,hi,sw,ta", english_share=0.2)
+
+
+def test_multilingual_dataset_records_languages(multi_dataset):
+    from training.synth import tts
+
+    meta, clips = _meta(Path(multi_dataset))
+    assert len(clips) == 6
+    held = meta["held_out"]["languages"]
+    assert set(held) == {"sw", "ta"} and set(held) <= set(tts.HELD_OUT_LANGUAGES)
+    assert not set(held) & set(meta["held_out"]["languages_train_val"])
+    langs = set()
+    for c in clips.values():
+        assert c["language"] in {"en", "de", "hi", "sw", "ta"}
+        langs.add(c["language"])
+        if c["language"] in held:
+            assert c["split"] == "test"
+        if c["engine"] == "espeak":
+            assert tts.language_of(c["voice"].split(":", 1)[1]) == c["language"]
+        assert c["voice_held_out"] == (c["split"] == "test")
+        assert c["unknown_phone_s"] <= 0.05 * c["speech_phone_s"] + 1e-9
+    assert len(langs) >= 2
+    for lang, st in meta["phone_mapping"].items():
+        assert st["unknown_fraction"] < 0.05, (lang, st)
+
+
+def test_held_out_languages_only_in_test_plan():
+    """The plan (no synthesis) of a bigger dataset: held-out languages only for test subjects."""
+    from training.synth.generate import plan_subjects
+
+    langs = ["en", "de", "fr", "ru", "hi", "hu", "ta", "sw"]
+    plan = plan_subjects(20, 20, 0, "decimated", ["remeshed", "ict_face"], languages=langs,
+                         held_out_languages=["hu", "ta", "sw"], english_share=0.4)
+    seen_by_split = {"train": set(), "val": set(), "test": set()}
+    n_en = n_all = 0
+    for s in plan:
+        for lang, idx in s["sentences"]:
+            seen_by_split[s["split"]].add(lang)
+            n_en += lang == "en"
+            n_all += 1
+    assert not seen_by_split["train"] & {"hu", "ta", "sw"}
+    assert not seen_by_split["val"] & {"hu", "ta", "sw"}
+    assert seen_by_split["test"] & {"hu", "ta", "sw"}
+    assert 0.3 < n_en / n_all < 0.5
+    assert plan == plan_subjects(20, 20, 0, "decimated", ["remeshed", "ict_face"], languages=langs,
+                                 held_out_languages=["hu", "ta", "sw"], english_share=0.4)
