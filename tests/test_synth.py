@@ -383,3 +383,16 @@ def test_held_out_languages_only_in_test_plan():
     assert 0.3 < n_en / n_all < 0.5
     assert plan == plan_subjects(20, 20, 0, "decimated", ["remeshed", "ict_face"], languages=langs,
                                  held_out_languages=["hu", "ta", "sw"], english_share=0.4)
+
+
+def test_festival_voice_optional():
+    """festival (Debian festival + festvox-us-slt-hts) is an optional English engine."""
+    from training.synth import tts
+
+    if not tts.festival_voices_installed():
+        pytest.skip("festival or festvox-us-slt-hts not installed (optional engine)")
+    audio, phones = tts.synthesize("Bob made a map of the moon.", tts.Voice("festival", tts.FESTIVAL_VOICES[0]))
+    assert len(audio) > 16000 * 0.5
+    names = [p for p, _, _ in phones]
+    assert names[0] == "sil" and sum(p in ("p", "b", "m") for p in names) >= 5, names
+    assert all(a < b for _, a, b in phones)

@@ -1,5 +1,5 @@
-"""Synthetic talking-head data: ICT FaceKit identities in several topologies, speaking Harvard
-sentences with espeak-ng and flite voices. ``python -m training.synth --out DIR`` (see README.md)."""
+"""Synthetic talking-head data: ICT FaceKit identities in several topologies, speaking English
+(Harvard sentences, espeak-ng and flite) and 27 other languages (espeak-ng). ``python -m training.synth --out DIR`` (see README.md)."""
 from .generate import GENERATOR_VERSION, generate, n_frames_for
 from .visemes import EXPRESSIONS, VISEMES, blink_track, phone_to_viseme, viseme_track
 

@@ -31,6 +31,7 @@ DEFAULT_HOLDOUT_FAMILY = "decimated"
 TRAIN_FAMILY_CYCLE = ("remeshed", "ict_face", "remeshed", "ict_narrow", "ict_full")
 _FALLBACK_HOLDOUT = "ict_narrow"
 _FLITE_SHARE = 0.3  # probability that an English clip uses a flite voice (when the split has one)
+_FESTIVAL_SHARE = 0.15  # of the English clips, taken from espeak's share, when festival is installed
 DEFAULT_ENGLISH_SHARE = 0.4  # probability that a clip is English (when other languages are on)
 _TEST_HELD_OUT_LANGUAGE_SHARE = 0.5  # of the non-English test clips, when held-out languages exist
 UNKNOWN_PHONE_WARN = 0.05  # warn when more of a language's speech than this maps to the default phone
@@ -238,8 +239,15 @@ def _speak(text, language, pool, rng):
         raise RuntimeError(f"synth: no voice speaks '{language}' here")
     flite = [v for v in pool if v.engine == "flite"]
     espeak = [v for v in pool if v.engine == "espeak"]
-    use_flite = bool(flite) and (not espeak or rng.random() < _FLITE_SHARE)
+    festival = [v for v in pool if v.engine == "festival"]
+    u = float(rng.random()) if flite and espeak else 0.0
+    use_flite = bool(flite) and (not espeak or u < _FLITE_SHARE)
     first = flite if use_flite else espeak
+    # the optional festival voice takes a share of the espeak clips (same draws without it)
+    if festival and not use_flite and (not espeak or u >= 1.0 - _FESTIVAL_SHARE):
+        first = festival
+    if not first:
+        first = pool
     order = list(first)
     k = int(rng.integers(len(order)))
     order = order[k:] + order[:k] + [v for v in pool if v not in first]

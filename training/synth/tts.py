@@ -41,6 +41,9 @@ ESPEAK_BASES = ("en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc",
 ESPEAK_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7",
                    "f1", "f2", "f3", "f4", "f5", "klatt", "croak")
 FLITE_VOICES = ("slt", "rms", "awb", "kal16")
+# Optional English engine (Debian festival festvox-us-slt-hts festlex-cmu festlex-poslex): an HTS
+# voice built from a real speaker's recordings; skipped when festival or the voice is missing.
+FESTIVAL_VOICES = ("cmu_us_slt_arctic_hts",)
 # espeak-ng voices of the other languages (keys of sentences_multi.SENTENCES), in a fixed order.
 LANGUAGES = ("de", "nl", "sv", "fr", "es", "it", "pt", "ro", "pl", "cs", "ru", "uk", "el", "tr",
              "fi", "id", "vi", "hi", "bn", "ar", "fa", "cmn-latn-pinyin", "ja", "ko",
@@ -64,7 +67,7 @@ def language_of(espeak_voice: str) -> str:
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str  # "espeak" or "flite"
+    engine: str  # "espeak", "flite" or "festival"
     name: str    # espeak voice spec ("en-us+f3", "de+m1") or flite voice ("slt")
 
     @property
@@ -73,12 +76,14 @@ class Voice:
 
     @property
     def language(self) -> str:
-        return "en" if self.engine == "flite" else language_of(self.name)
+        return language_of(self.name) if self.engine == "espeak" else "en"
 
     @property
     def held_out(self) -> bool:
         if self.engine == "flite":
             return self.name in HELD_OUT_FLITE
+        if self.engine == "festival":
+            return False
         base, _, variant = self.name.partition("+")
         return (base in HELD_OUT_ESPEAK_BASES or variant in HELD_OUT_ESPEAK_VARIANTS
                 or self.language in HELD_OUT_LANGUAGES)
@@ -94,6 +99,7 @@ def all_voices(languages=None) -> list[Voice]:
     if want is None or "en" in want:
         out += [Voice("espeak", b + (f"+{v}" if v else "")) for b in ESPEAK_BASES for v in ESPEAK_VARIANTS]
         out += [Voice("flite", v) for v in FLITE_VOICES]
+        out += [Voice("festival", v) for v in FESTIVAL_VOICES]
     out += [Voice("espeak", lang + (f"+{v}" if v else "")) for lang in LANGUAGES
             if want is None or lang in want for v in LANGUAGE_VARIANTS]
     return out
@@ -210,6 +216,54 @@ def _flite_synth(text: str, voice: str, stretch: float):
     return audio, sr, out, []
 
 
+# --------------------------------------------------------------------------- festival (optional)
+
+def festival_voices_installed() -> set[str]:
+    """The FESTIVAL_VOICES installed here (festival on PATH and the voice folder present)."""
+    if shutil.which("festival") is None:
+        return set()
+    roots = [Path("/usr/share/festival/voices"), Path("/usr/lib/festival/voices")]
+    return {v for v in FESTIVAL_VOICES for r in roots if r.is_dir() and any(r.glob(f"*/{v}"))}
+
+
+def _festival_synth(text: str, voice: str):
+    """festival -b on a script: the utterance's wave and its Segment relation (phone end times)."""
+    import soundfile as sf
+
+    exe = shutil.which("festival")
+    if exe is None:
+        raise TTSError("festival not found; install the Debian packages festival festvox-us-slt-hts")
+    quoted = text.replace("\\", " ").replace('"', "'")
+    with tempfile.TemporaryDirectory(prefix="synth_festival_") as tmp:
+        wav, segs, scm = (os.path.join(tmp, n) for n in ("out.wav", "out.segs", "run.scm"))
+        Path(scm).write_text(f'(voice_{voice})\n(set! utt (Utterance Text "{quoted}"))\n(utt.synth utt)\n'
+                             f'(utt.save.wave utt "{wav}" (quote riff))\n(utt.save.segs utt "{segs}")\n',
+                             encoding="utf-8")
+        try:
+            res = subprocess.run([exe, "-b", scm], capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise TTSError(f"festival voice '{voice}' failed: {exc}") from None
+        if res.returncode != 0 or not os.path.isfile(wav) or not os.path.isfile(segs):
+            raise TTSError(f"festival voice '{voice}' failed (exit {res.returncode}): "
+                           f"{(res.stderr + res.stdout).strip()[:200]}")
+        audio, sr = sf.read(wav, dtype="float64", always_2d=True)
+        lines = Path(segs).read_text(encoding="utf-8", errors="replace").splitlines()
+    out, prev = [], 0.0
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 3:
+            continue
+        try:
+            end = float(parts[0])
+        except ValueError:
+            continue
+        out.append((flite_to_arpabet(parts[2]), prev, end))
+        prev = end
+    if not out:
+        raise TTSError(f"festival voice '{voice}' gave no phone timings")
+    return audio.mean(axis=1), sr, out, []
+
+
 # --------------------------------------------------------------------------- public
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -235,11 +289,13 @@ def available_voices(languages=None) -> list[Voice]:
     fl = flite_voices_installed() if any(v.engine == "flite" for v in known) else set()
     if not fl and any(v.engine == "flite" for v in known):
         warnings.warn("synth: flite voices skipped: flite not installed or lists no voices", stacklevel=2)
+    fe = festival_voices_installed() if any(v.engine == "festival" for v in known) else set()
     out, missing = [], []
     for v in known:
-        ok = v.name in (es if v.engine == "espeak" else fl)
+        ok = v.name in {"espeak": es, "flite": fl, "festival": fe}[v.engine]
         (out if ok else missing).append(v)
-    partial = [m.id for m in missing if (es if m.engine == "espeak" else fl)]
+    # festival is optional: its absence is not worth a warning
+    partial = [m.id for m in missing if m.engine != "festival" and (es if m.engine == "espeak" else fl)]
     if partial:
         warnings.warn(f"synth: voices not available here, skipped: {', '.join(partial)}", stacklevel=2)
     return out
@@ -250,7 +306,8 @@ def synthesize(text: str, voice: Voice, rate: float = 1.0, pitch: float = 0.0, p
     """Speak ``text``: returns (audio float64 [N] at 16 kHz, phones [(arpabet, start_s, end_s)]).
 
     rate: speed factor (1 = the voice's normal speed); pitch, pitch_range: -1..1 shifts of the espeak
-    pitch and intonation range (flite ignores them). Raises TTSError if the voice fails.
+    pitch and intonation range (flite ignores them; festival's HTS voice ignores all three).
+    Raises TTSError if the voice fails.
     info: optional dict that receives ``unknown`` (espeak mnemonics that fell back to the default
     phone, with their durations), ``unknown_s`` and ``speech_s`` (seconds of non-pause phones).
     """
@@ -260,6 +317,8 @@ def synthesize(text: str, voice: Voice, rate: float = 1.0, pitch: float = 0.0, p
                                                 prange=round(50 + 25 * pitch_range))
     elif voice.engine == "flite":
         audio, sr, raw, unknown = _flite_synth(text, voice.name, stretch=1.0 / rate)
+    elif voice.engine == "festival":
+        audio, sr, raw, unknown = _festival_synth(text, voice.name)
     else:
         raise TTSError(f"unknown engine {voice.engine}")
     if sr != SAMPLE_RATE:
