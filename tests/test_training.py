@@ -263,3 +263,163 @@ def test_ddp_two_cpu_processes_keep_identical_replicas(dataset, tmp_path):
     assert data["step"] == 6
     h = hashlib.sha256(data["model"]["decoder.last_lin.weight"].numpy().tobytes()).hexdigest()
     assert h != hashlib.sha256(np.zeros_like(data["model"]["decoder.last_lin.weight"].numpy()).tobytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- lip gap, viseme head, augmentation
+
+def add_phones(root: Path, seconds=(1.0, 1.2)):
+    """A clips.json (training.synth's) for the tiny dataset: 'aa' while the tone sounds, 'm' between."""
+    meta = json.loads((root / "meta.json").read_text())
+    clips = {}
+    for i, subj in enumerate(sum(meta["splits"].values(), [])):
+        for k, sec in enumerate(seconds):
+            t = np.arange(0, sec, 0.01)
+            on = np.sin(2 * np.pi * (2.0 + k) * t + i) > 0
+            phones, start = [], 0.0
+            for j in range(1, len(t) + 1):
+                if j == len(t) or on[j] != on[j - 1]:
+                    end = sec if j == len(t) else float(t[j])
+                    phones.append(["aa" if on[j - 1] else "m", round(start, 4), round(end, 4)])
+                    start = end
+            clips[f"{subj}_sent{k:02d}"] = {"subject": subj, "phonemes": phones}
+    (root / "clips.json").write_text(json.dumps({"generator": "test", "clips": clips}))
+    return root
+
+
+FEATURES = ["loss.gap=0.5", "loss.gap_closure_boost=4.0", "loss.gap_bilabial_boost=2.0", "loss.phone=0.5",
+            "augment.gain_prob=0.5", "augment.noise_prob=0.5", "augment.reverb_prob=0.5",
+            "augment.lowpass_prob=0.3", "augment.codec_prob=0.3", "augment.speed_prob=0.7"]
+
+
+@pytest.fixture(scope="module")
+def phone_dataset(dataset, tmp_path_factory):
+    import shutil
+
+    root = tmp_path_factory.mktemp("phonedata") / "data"
+    shutil.copytree(dataset, root)
+    return add_phones(root)
+
+
+def test_viseme_constants_match_the_generator():
+    from training.synth.visemes import VISEMES
+    from training.train import N_VISEMES, PP_CLASS, frame_visemes
+
+    assert len(VISEMES) == N_VISEMES and VISEMES[PP_CLASS] == "PP"
+    phones = [["sil", 0.0, 0.1], ["m", 0.1, 0.2], ["ay", 0.2, 0.4]]
+    lab = frame_visemes(phones, np.array([0.05, 0.15, 0.25, 0.35, 0.5]))
+    assert [VISEMES[i] for i in lab[:4]] == ["sil", "PP", "aa", "ih"] and lab[4] == -1  # diphthong split
+
+
+def test_make_example_speed_and_labels_stay_aligned(phone_dataset):
+    from backend.model import ModelConfig, ScanTalk
+    from training import train as T
+    from training.config import load_config
+
+    cfg = load_config(None, tiny_cfg(phone_dataset, phone_dataset.parent / "unused", *FEATURES,
+                                     "train.window_frames=0", "augment.speed_prob=1.0"))
+    lst = T.read_split(cfg.data, "train")
+    shapes = T.prepare_shapes([lst], 12, 1e-5, str(phone_dataset.parent / "opc"), T.Dist(), torch.device("cpu"))
+    phones = T.read_phones(cfg.data)
+    assert all(c.name in phones for c in lst)
+    shape = shapes[lst[0].subject]
+    assert shape.upper is not None and len(shape.upper) and len(shape.lower)
+    model = ScanTalk(ModelConfig(audio={"kind": "logmel", "config": {"n_mels": 20, "hidden": 8, "out_dim": 8}},
+                                 latent=8, width=8, n_blocks=1, lstm_layers=1, k_eig=12))
+    store, clip = T.ClipStore(), lst[0]
+    T0 = T.ClipStore.motion(clip).shape[0]
+    lengths = set()
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        ex = T.make_example(clip, shape, store, cfg.train, rng, torch.device("cpu"), train=True,
+                            aug=cfg.augment, phones=phones[clip.name])
+        n = ex.wav.shape[1]
+        assert ex.n_frames == model.num_frames(n) == ex.target.shape[0]  # frames = floor(dur * fps) + 1
+        assert ex.visemes.shape == (ex.n_frames,) and ex.gap.bilabial.shape == (ex.n_frames,)
+        assert torch.isfinite(ex.wav).all() and ex.wav.abs().max() <= 1.0
+        lengths.add(ex.n_frames)
+        # determinism for a seed
+        ex2 = T.make_example(clip, shape, store, cfg.train, np.random.default_rng(seed), torch.device("cpu"),
+                             train=True, aug=cfg.augment, phones=phones[clip.name])
+        assert torch.equal(ex.wav, ex2.wav) and torch.equal(ex.target, ex2.target)
+    assert len(lengths) > 1 and lengths != {T0}
+    # without augmentation (validation): the clip as it is, labels from the phones
+    ex = T.make_example(clip, shape, store, cfg.train, np.random.default_rng(0), torch.device("cpu"), train=False,
+                        aug=cfg.augment, phones=phones[clip.name], phone_lead=0.0)
+    assert ex.n_frames == T0 and torch.equal(ex.wav[0], torch.from_numpy(store.wav(clip)))
+    motion = np.asarray(T.ClipStore.motion(clip))
+    # the motion's lips drop while the tone sounds ('aa'), and rest during 'm' (PP)
+    lip = torch.from_numpy(np.asarray(lst.subject_of(clip).lips))
+    drop = (motion[:, lip.numpy(), 1].mean(1) < motion[0, lip.numpy(), 1].mean() - 0.005)
+    labels = ex.visemes.numpy()
+    assert np.mean((labels == 10) == drop) > 0.85  # 10 = "aa"
+
+
+def test_train_with_gap_phone_head_and_augmentation(phone_dataset, tmp_path):
+    from backend.checkpoint import load_model, read_file
+    from training import train
+
+    out = tmp_path / "run"
+    args = ["train.steps=6", "train.val_every=3", "train.seed=2", *FEATURES]
+    res = train.train(load_config(None, tiny_cfg(phone_dataset, out, *args)))
+    assert res["step"] == 6
+    val = res["val"]
+    for k in ("gap", "phone", "closure_gap_mm", "lve_mm2", "total"):
+        assert np.isfinite(val[k]), (k, val)
+    assert val["closed_frames"] > 0
+    # the viseme head is the trainer's: not in the model, only in last.pt for --resume
+    best, last = read_file(out / "best.pt"), read_file(out / "last.pt")
+    assert "aux_heads" not in best and not any("phone" in k for k in best["model"])
+    assert set(last["aux_heads"]["phone"]) == {"weight", "bias"}
+    assert last["aux_heads"]["phone"]["weight"].shape == (15, 8)
+    model = load_model(out / "best.pt")  # the backend loads it unchanged
+    assert set(model.state_dict()) == set(best["model"])
+    res2 = train.train(load_config(None, tiny_cfg(phone_dataset, out, *args, "train.steps=8")), resume="auto")
+    assert res2["step"] == 8
+    with pytest.raises(ConfigError, match="viseme head"):
+        train.train(load_config(None, tiny_cfg(phone_dataset, out, *args, "train.steps=10", "loss.phone=0")),
+                    resume="auto")
+
+
+def test_phone_loss_skipped_without_phone_timings(dataset, tmp_path, capsys):
+    from backend.checkpoint import read_file
+    from training import train
+
+    out = tmp_path / "run"
+    res = train.train(load_config(None, tiny_cfg(dataset, out, "train.steps=2", "train.val_every=2", "loss.phone=1.0",
+                                                 "loss.gap=0.5")))
+    assert res["step"] == 2 and np.isnan(res["val"]["phone"]) and np.isfinite(res["val"]["gap"])
+    assert "no viseme head" in capsys.readouterr().out
+    assert "aux_heads" not in read_file(out / "last.pt")
+
+
+def test_default_v2_config():
+    from backend.checkpoint import save_model
+    from backend.model import ScanTalk
+
+    cfg = load_config(ROOT / "training" / "configs" / "default_v2.toml", ["data.root=/x"])
+    base = load_config(ROOT / "training" / "configs" / "default.toml")
+    assert cfg.model.width == base.model.width == 32 and cfg.model.n_blocks == base.model.n_blocks
+    assert cfg.loss.gap > 0 and cfg.loss.gap_closure_boost > 0 and cfg.loss.phone > 0
+    assert cfg.augment.any_audio and cfg.augment.speed_prob > 0
+    assert base.loss.gap == 0 and base.loss.phone == 0 and not base.augment.any_audio
+    import tempfile
+
+    from training.train import build_model_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.pt"
+        save_model(path, ScanTalk(build_model_config(cfg, 30.0, 0.35)), val={"total": 1.0}, train_config=cfg.to_dict())
+        assert path.stat().st_size < 5 * 2 ** 20
+
+
+def test_ddp_with_gap_phone_head_and_augmentation(phone_dataset, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+           "--nproc_per_node=2", "-m", "training.train",
+           *tiny_cfg(phone_dataset, out, "train.steps=4", "train.val_every=2", *FEATURES)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    check = json.loads((out / "replica_check.json").read_text())
+    assert check["identical"], check
+    assert "closure gap error" in proc.stdout

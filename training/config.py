@@ -58,7 +58,7 @@ class LossSection:
     velocity_axis: str = "time"  # "vertices" reproduces the official code's bug
     unit_scale: float = 1000.0  # losses are computed on coordinates × this (metres → mm)
     # Inner-lip gap (training.lip_geometry; needs lip masks and template faces): squared error of
-    # the predicted vs target upper-minus-lower lip height per frame, in scaled units (mm²),
+    # the predicted vs target lip clearance (lip_geometry.lip_gap) per frame, in scaled units (mm²),
     # weighted 1 + gap_closure_boost * exp(-max(opening, 0) / gap_closure_mm), opening = target
     # gap minus the neutral's, plus gap_bilabial_boost on frames inside p/b/m phones (phone
     # timings shifted phone_lead earlier; only where the data has them, e.g. clips.json).

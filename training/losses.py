@@ -6,8 +6,8 @@
   `axis="vertices"` reproduces the official ScanTalk code, which differences neighbouring vertex
   INDICES (x[:, v+1] - x[:, v]) instead: a bug kept only to reproduce its numbers.
 
-- `gap_loss`: squared error of the inner-lip gap (upper minus lower lip height, y up, per frame;
-  training.lip_geometry finds the inner-lip vertices on any topology), weighted up where the
+- `gap_loss`: squared error of the inner-lip gap (the clearance between the lips, y up, per frame,
+  as training.lip_geometry measures it on any topology), weighted up where the
   target lips are closed (`gap_weights`), so that p/b/m closures are not averaged away.
 - `phone_loss`: cross-entropy of an auxiliary per-frame viseme classifier (labels -1 = unknown).
 
@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from training.lip_geometry import InnerLip
+from training.lip_geometry import lip_gap as _lip_gap
 
 VELOCITY_AXES = ("time", "vertices")
 
@@ -50,8 +53,9 @@ def velocity_mse(pred: torch.Tensor, target: torch.Tensor, axis: str = "time") -
 
 
 def lip_gap(x: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
-    """[T, V, 3] → [T]: mean height (y) of the upper inner lip minus that of the lower."""
-    return x[:, upper, 1].mean(-1) - x[:, lower, 1].mean(-1)
+    """[T, V, 3] → [T]: the inner-lip clearance, exactly as training.lip_geometry.lip_gap measures
+    it (lowest upper-lip point minus highest lower-lip point, y up; differentiable)."""
+    return _lip_gap(x, InnerLip(upper, lower, "given"))
 
 
 def gap_weights(target_gap: torch.Tensor, neutral_gap: float, closure_boost: float = 0.0,
