@@ -1,0 +1,426 @@
+"""Articulation report: do the lips close on /p b m/, open on open vowels, rest in silence?
+
+    # a model on real recordings (phones from pocketsphinx forced alignment of the transcript)
+    python -m training.articulation --mesh FLAME_sample.ply --lips FLAME_lips_idx.mat \\
+        --upper upper_mask.npy --speech-dir ../shared/data/speech --out REPORT [--checkpoint C]
+    # any audio, with or without a transcript (without: pocketsphinx recognises one first)
+    python -m training.articulation --mesh M --lips L --audio a.wav [--text "..."] --out REPORT
+    # the synthetic generator's targets (its own phone timings), or predictions of them
+    python -m training.articulation --data SYNTH --split test [--pred PRED_DIR] --out REPORT
+
+Measures, per clip and pooled over clips (REPORT/articulation.json, one PNG per clip):
+- inner-lip gap g(t) (training.lip_geometry), neutral gap g0, opening o(t) = g(t) - g0;
+- bilabial closure rate: a P, B or M phone is closed when the smallest gap within the phone
+  ±30 ms is at most g0 + 20% of the clip's speech-time opening range (5th to 95th percentile of g
+  over speech frames);
+- mean opening on open vowels (AA AE AH AO AW AY) and on bilabials (per phone, the mean over its
+  frames), and their ratio (the bilabial mean floored at 0.1 mm so a perfect closer stays finite);
+- lip motion in silence: mean displacement of the lip vertices from the neutral in silent frames
+  more than 100 ms away from any speech phone;
+- upper-face motion: mean displacement of the upper-face vertices during speech;
+- lag: the frame shift that maximises the cross-correlation of the mouth opening with the speech
+  envelope (RMS per frame), within ±10 frames; positive = the mouth moves after the sound.
+
+Units: millimetres in the report; vertices in metres (the model frame) as input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from training.lip_geometry import InnerLip, inner_lip, lip_gap
+
+BILABIALS = ("P", "B", "M")
+OPEN_VOWELS = ("AA", "AE", "AH", "AO", "AW", "AY")
+SILENCE = ("SIL", "SP", "PAU", "SPN", "H#", "")
+CLOSURE_WINDOW = 0.030   # s either side of a bilabial phone
+CLOSURE_FRACTION = 0.2   # of the speech-time opening range, above the neutral gap
+SILENCE_MARGIN = 0.100   # s away from any speech phone for a frame to count as silence
+MAX_LAG = 10             # frames
+GAP_FLOOR = 1e-4         # m: the bilabial mean used in the ratio is at least 0.1 mm
+
+
+def normalise_phone(p: str) -> str:
+    """'p', 'P1', 'sil' -> 'P', 'P', 'SIL' (CMU/ARPAbet upper case, no stress digits)."""
+    return str(p).strip().upper().rstrip("012")
+
+
+@dataclass
+class ClipReport:
+    name: str
+    fps: float
+    gap: np.ndarray                 # [T] m
+    neutral_gap: float              # m
+    threshold: float                # m: closed when the gap is at or below this
+    phones: list                    # [(phone, start_s, end_s)]
+    bilabials: list = field(default_factory=list)   # [(phone, start, end, min_gap_m, closed)]
+    vowel_openings: list = field(default_factory=list)     # m, one per open vowel
+    bilabial_openings: list = field(default_factory=list)  # m, one per bilabial
+    silence_lip_motion: list = field(default_factory=list)  # m, per silent frame
+    speech_upper_motion: list = field(default_factory=list)  # m, per speech frame
+    lag_frames: int | None = None
+    lag_corr: float | None = None
+
+    def summary(self) -> dict:
+        return _summarise([self]) | {"name": self.name, "lag_frames": self.lag_frames,
+                                     "lag_corr": _r(self.lag_corr, 3)}
+
+
+def _r(x, nd=3):
+    return None if x is None or not np.isfinite(x) else round(float(x), nd)
+
+
+def _frames_in(t0: float, t1: float, fps: float, n: int) -> np.ndarray:
+    """Frame indices whose time i/fps lies in [t0, t1); the nearest frame if none does."""
+    i0, i1 = max(0, math.ceil(t0 * fps - 1e-9)), min(n - 1, math.ceil(t1 * fps - 1e-9) - 1)
+    if i1 < i0:
+        return np.array([min(n - 1, max(0, round(0.5 * (t0 + t1) * fps)))])
+    return np.arange(i0, i1 + 1)
+
+
+def speech_mask(phones, fps: float, n: int, margin: float = 0.0) -> np.ndarray:
+    """Frames within `margin` seconds of a non-silence phone."""
+    m = np.zeros(n, bool)
+    for p, a, b in phones:
+        if normalise_phone(p) not in SILENCE:
+            m[_frames_in(a - margin, b + margin, fps, n)] = True
+    return m
+
+
+def envelope(samples: np.ndarray, sr: int, fps: float, n: int) -> np.ndarray:
+    """RMS of the audio in a window of one frame centred on each frame time [n]."""
+    samples = np.asarray(samples, np.float64)
+    half = int(round(sr / fps / 2))
+    out = np.zeros(n)
+    for i in range(n):
+        c = int(round(i * sr / fps))
+        seg = samples[max(0, c - half):c + half]
+        out[i] = math.sqrt(float(np.mean(seg ** 2))) if seg.size else 0.0
+    return out
+
+
+def opening_lag(opening: np.ndarray, env: np.ndarray, max_lag: int = MAX_LAG) -> tuple[int | None, float | None]:
+    """(lag, correlation) maximising corr(opening[t + lag], env[t]); positive = mouth after sound."""
+    n = min(len(opening), len(env))
+    a, b = np.asarray(opening[:n], float), np.asarray(env[:n], float)
+    if n < 2 * max_lag + 4 or a.std() == 0 or b.std() == 0:
+        return None, None
+    best = (None, -np.inf)
+    for lag in range(-max_lag, max_lag + 1):
+        x = a[max(0, lag):n + min(0, lag)]
+        y = b[max(0, -lag):n - max(0, lag)]
+        if x.std() > 0 and y.std() > 0:
+            c = float(np.corrcoef(x, y)[0, 1])
+            if c > best[1]:
+                best = (lag, c)
+    return best
+
+
+def measure_clip(name: str, seq, neutral, lip: InnerLip, phones, fps: float, lips=None, upper=None,
+                 samples=None, sr: int = 16000) -> ClipReport:
+    """Measures of one clip. seq [T, V, 3] and neutral [V, 3] in metres, y up; phones
+    [(phone, start_s, end_s)] (any case, stress digits allowed; silence as SIL/sil)."""
+    seq = np.asarray(seq, np.float64)
+    neutral = np.asarray(neutral, np.float64)
+    n = len(seq)
+    phones = [(normalise_phone(p), float(a), float(b)) for p, a, b in phones]
+    gap = lip_gap(seq, lip)
+    g0 = float(lip_gap(neutral, lip))
+    speech = speech_mask(phones, fps, n)
+    ref = gap[speech] if speech.any() else gap
+    rng = float(np.percentile(ref, 95) - np.percentile(ref, 5))
+    rep = ClipReport(name, fps, gap, g0, g0 + CLOSURE_FRACTION * rng, phones)
+    for p, a, b in phones:
+        if p in BILABIALS:
+            fr = _frames_in(a - CLOSURE_WINDOW, b + CLOSURE_WINDOW, fps, n)
+            low = float(gap[fr].min())
+            rep.bilabials.append((p, a, b, low, bool(low <= rep.threshold)))
+            rep.bilabial_openings.append(float(gap[_frames_in(a, b, fps, n)].mean() - g0))
+        elif p in OPEN_VOWELS:
+            rep.vowel_openings.append(float(gap[_frames_in(a, b, fps, n)].mean() - g0))
+    if lips is not None:
+        quiet = ~speech_mask(phones, fps, n, SILENCE_MARGIN)
+        if quiet.any():
+            d = np.linalg.norm(seq[quiet][:, lips] - neutral[lips], axis=-1).mean(axis=1)
+            rep.silence_lip_motion = d.tolist()
+    if upper is not None and len(upper) and speech.any():
+        d = np.linalg.norm(seq[speech][:, upper] - neutral[upper], axis=-1).mean(axis=1)
+        rep.speech_upper_motion = d.tolist()
+    if samples is not None:
+        rep.lag_frames, rep.lag_corr = opening_lag(gap - g0, envelope(samples, sr, fps, n))
+    return rep
+
+
+def _summarise(reports) -> dict:
+    """Pooled measures of several clips (phones and frames pooled, lags by median)."""
+    bil = [b for r in reports for b in r.bilabials]
+    vow = [v for r in reports for v in r.vowel_openings]
+    bo = [v for r in reports for v in r.bilabial_openings]
+    sil = [v for r in reports for v in r.silence_lip_motion]
+    upp = [v for r in reports for v in r.speech_upper_motion]
+    lags = [r.lag_frames for r in reports if r.lag_frames is not None]
+    closed = sum(1 for b in bil if b[4])
+    mv = float(np.mean(vow)) if vow else None
+    mb = float(np.mean(bo)) if bo else None
+    mm = 1e3
+    return {
+        "bilabials": len(bil), "bilabials_closed": closed,
+        "closure_rate": _r(closed / len(bil)) if bil else None,
+        "open_vowels": len(vow),
+        "open_vowel_opening_mm": _r(mv * mm) if mv is not None else None,
+        "bilabial_opening_mm": _r(mb * mm) if mb is not None else None,
+        "open_to_bilabial_ratio": _r(mv / max(mb, GAP_FLOOR), 2) if mv is not None and mb is not None else None,
+        "silence_lip_motion_mm": _r(np.mean(sil) * mm) if sil else None,
+        "speech_upper_face_motion_mm": _r(np.mean(upp) * mm) if upp else None,
+        "lag_frames_median": _r(float(np.median(lags)), 1) if lags else None,
+        "lag_frames": lags,
+    }
+
+
+def summarise(reports) -> dict:
+    return _summarise(reports)
+
+
+# --------------------------------------------------------------------------- phone timings
+
+def align(samples: np.ndarray, sr: int, text: str | None = None) -> tuple[list, str]:
+    """(phones [(PHONE, start_s, end_s)], transcript) by pocketsphinx forced alignment (US English
+    acoustic model and CMU dictionary from its wheel). Without `text`, the transcript is first
+    recognised with pocketsphinx's word language model. samples: mono float in [-1, 1]."""
+    try:
+        from pocketsphinx import Decoder
+    except ImportError as exc:
+        raise RuntimeError("phone alignment needs pocketsphinx: pip install 'pocketsphinx>=5'") from exc
+    if sr != 16000:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(int(sr), 16000)
+        samples, sr = resample_poly(samples, 16000 // g, int(sr) // g), 16000
+    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes()
+    if not text:
+        d = Decoder(samprate=sr, loglevel="FATAL")
+        d.start_utt()
+        d.process_raw(pcm, full_utt=True)
+        d.end_utt()
+        hyp = d.hyp()
+        text = hyp.hypstr if hyp is not None else ""
+        if not text.strip():
+            return [("SIL", 0.0, len(samples) / sr)], ""
+    words = " ".join(w for w in text.lower().replace("<s>", " ").replace("</s>", " ").split())
+    d = Decoder(samprate=sr, loglevel="FATAL")
+    try:
+        d.set_align_text(words)
+    except Exception as exc:
+        raise RuntimeError(f"pocketsphinx cannot align {words!r}: {exc} (a word missing from its "
+                           "dictionary?)") from exc
+    for _ in range(2):  # the first pass finds the words, the second their phones and states
+        d.start_utt()
+        d.process_raw(pcm, full_utt=True)
+        d.end_utt()
+        if _ == 0:
+            d.set_alignment()
+    phones = []
+    for w in d.get_alignment():
+        for p in w:
+            phones.append((normalise_phone(p.name), p.start / 100.0, (p.start + p.duration) / 100.0))
+    return phones, words
+
+
+def read_transcriptions(path) -> dict[str, str]:
+    """CMU Sphinx test-data format: `<s> words </s> (utterance_id)` per line."""
+    out = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or "(" not in line:
+            continue
+        text, _, uid = line.rpartition("(")
+        out[uid.rstrip(")").strip()] = text.replace("<s>", "").replace("</s>", "").strip()
+    return out
+
+
+# --------------------------------------------------------------------------- plots
+
+def plot_clip(rep: ClipReport, path, samples=None, sr: int = 16000) -> Path:
+    """Mouth opening over time with the phones and the closure threshold, waveform below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.arange(len(rep.gap)) / rep.fps
+    fig, (ax, aw) = plt.subplots(2, 1, figsize=(max(8, 2.2 * t[-1] + 2), 4.6), sharex=True,
+                                 gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot(t, (rep.gap - rep.neutral_gap) * 1e3, color="k", lw=1.3, label="opening")
+    ax.axhline((rep.threshold - rep.neutral_gap) * 1e3, color="tab:red", ls="--", lw=0.8, label="closed below")
+    ax.axhline(0, color="0.6", lw=0.6)
+    top = ax.get_ylim()[1]
+    for p, a, b in rep.phones:
+        if p in SILENCE:
+            continue
+        color = "tab:red" if p in BILABIALS else ("tab:blue" if p in OPEN_VOWELS else "0.5")
+        if p in BILABIALS or p in OPEN_VOWELS:
+            ax.axvspan(a, b, color=color, alpha=0.12, lw=0)
+        ax.text(0.5 * (a + b), top, p, ha="center", va="bottom", fontsize=6, color=color, rotation=90)
+    for p, a, b, low, closed in rep.bilabials:
+        ax.plot([0.5 * (a + b)], [(low - rep.neutral_gap) * 1e3], "v" if closed else "x",
+                color="tab:green" if closed else "tab:red", ms=6)
+    ax.set_ylabel("inner-lip opening (mm)")
+    s = rep.summary()
+    ax.set_title(f"{rep.name}: bilabials closed {s['bilabials_closed']}/{s['bilabials']}, "
+                 f"open vowels {s['open_vowel_opening_mm']} mm vs bilabials {s['bilabial_opening_mm']} mm, "
+                 f"lag {rep.lag_frames} frames", fontsize=8, pad=18)
+    ax.legend(fontsize=7, loc="upper right")
+    if samples is not None:
+        ts = np.arange(len(samples)) / sr
+        aw.plot(ts, samples, color="0.3", lw=0.4)
+    aw.set_xlabel("time (s)")
+    aw.set_yticks([])
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- inputs
+
+def load_indices(path) -> np.ndarray:
+    """0-based vertex indices from .txt (comma/space separated, 0-based), .npy or .mat (FLAME's
+    FLAME_lips_idx.mat is 1-based)."""
+    from training.datasets import load_index_file
+
+    path = Path(path)
+    if path.suffix == ".mat":
+        return load_index_file(path, one_based=True)
+    return load_index_file(path)
+
+
+def _mesh_in_metres(mesh_path, fit_size: float | None):
+    """(verts in metres, faces, scale) of a mesh: units snapped like the backend, or scaled so the
+    bounding-box diagonal is `fit_size` metres (for scans in an unusual unit, like BIWI)."""
+    from backend.framing import UNIT_SCALES, bbox, guess_units
+    from backend.mesh_io import load_mesh
+
+    verts, faces = load_mesh(mesh_path)
+    _, diag = bbox(verts)
+    scale = fit_size / diag if fit_size else UNIT_SCALES[guess_units(diag, 0.348)]
+    return verts * scale, faces, scale
+
+
+def report_model(mesh, lips, audios, out_dir, upper=None, checkpoint=None, fit_size=None,
+                 device="cpu", plots=True) -> dict:
+    """Animate `mesh` with each (name, wav_path, transcript or None) and report."""
+    from backend.audio_io import load_audio
+    from backend.inference import Session, animate
+
+    verts, faces, _ = _mesh_in_metres(mesh, fit_size)
+    lip = inner_lip(verts, faces, lips)
+    session = Session()
+    reports, clips = [], {}
+    for name, wav, text in audios:
+        samples = load_audio(wav)
+        phones, words = align(samples, 16000, text)
+        res = animate((verts, faces), wav, checkpoint=checkpoint, device=device, session=session)
+        seq = verts[None] + res.offsets.astype(np.float64)  # offsets come back in the input's units (m)
+        rep = measure_clip(name, seq, verts, lip, phones, res.fps, lips=lips, upper=upper,
+                           samples=samples)
+        reports.append(rep)
+        clips[name] = rep.summary() | {"transcript": words}
+        if plots:
+            plot_clip(rep, Path(out_dir) / f"{name}.png", samples)
+    return {"mesh": str(mesh), "inner_lip": lip.method, "checkpoint": str(checkpoint or "default"),
+            "pooled": summarise(reports), "clips": clips}
+
+
+def report_dataset(root, split="test", pred_dir=None, out_dir=None, plots=True, max_plots=6,
+                   languages: bool = True) -> dict:
+    """The generator's own targets (or predictions in `pred_dir`, <clip>.npy absolute vertices)
+    measured with the generator's phone timings from clips.json."""
+    from training.datasets import load_motion, read_dataset
+
+    root = Path(root)
+    listing = read_dataset("general", root, split)
+    meta = json.loads((root / "clips.json").read_text(encoding="utf-8"))["clips"]
+    reports, clips, by_lang = [], {}, {}
+    lips_cache = {}
+    for i, clip in enumerate(listing):
+        subj = listing.subject_of(clip)
+        if subj.lips is None:
+            continue
+        if subj.name not in lips_cache:
+            lips_cache[subj.name] = inner_lip(subj.template_vertices, subj.faces, subj.lips)
+        seq = np.load(Path(pred_dir) / f"{clip.name}.npy") if pred_dir else load_motion(clip)
+        info = meta.get(clip.name, {})
+        import soundfile as sf
+
+        samples, sr = sf.read(str(clip.wav_path), dtype="float32")
+        rep = measure_clip(clip.name, seq, subj.template_vertices, lips_cache[subj.name],
+                           info.get("phonemes", []), clip.fps, lips=subj.lips, upper=subj.upper,
+                           samples=samples, sr=sr)
+        reports.append(rep)
+        clips[clip.name] = rep.summary()
+        by_lang.setdefault(info.get("language", "en"), []).append(rep)
+        if plots and out_dir and i < max_plots:
+            plot_clip(rep, Path(out_dir) / f"{clip.name}.png", samples, sr)
+    out = {"data": str(root), "split": split, "pred": str(pred_dir) if pred_dir else "targets",
+           "pooled": summarise(reports), "clips": clips}
+    if languages and len(by_lang) > 1:
+        out["languages"] = {k: summarise(v) for k, v in sorted(by_lang.items())}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.articulation", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="folder for articulation.json and the PNGs")
+    p.add_argument("--mesh", help="neutral head (y up, facing +z)")
+    p.add_argument("--lips", help="lip mask: vertex indices (.txt/.npy 0-based, .mat 1-based)")
+    p.add_argument("--upper", help="upper-face mask (for upper-face motion)")
+    p.add_argument("--audio", action="append", default=[], help="a recording (repeatable)")
+    p.add_argument("--text", action="append", default=[], help="its transcript (same order; optional)")
+    p.add_argument("--speech-dir", help="folder of .wav files with a CMU `transcription` file")
+    p.add_argument("--checkpoint", help="model (default: the bundled one)")
+    p.add_argument("--fit-size", type=float, help="scale the head so its bbox diagonal is this many m")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", help="synthetic dataset root (general layout with clips.json)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--pred", help="predictions of --data (<clip>.npy) instead of its targets")
+    p.add_argument("--no-plots", action="store_true")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    try:
+        if a.data:
+            res = report_dataset(a.data, a.split, a.pred, out, plots=not a.no_plots)
+        else:
+            if not (a.mesh and a.lips):
+                p.error("--mesh and --lips are needed (or --data for a synthetic dataset)")
+            audios = []
+            if a.speech_dir:
+                d = Path(a.speech_dir)
+                texts = read_transcriptions(d / "transcription") if (d / "transcription").is_file() else {}
+                audios += [(w.stem, w, texts.get(w.stem)) for w in sorted(d.glob("*.wav"))]
+            texts = a.text + [None] * (len(a.audio) - len(a.text))
+            audios += [(Path(w).stem, Path(w), t) for w, t in zip(a.audio, texts)]
+            if not audios:
+                p.error("give --audio or --speech-dir")
+            lips = load_indices(a.lips)
+            upper = load_indices(a.upper) if a.upper else None
+            res = report_model(a.mesh, lips, audios, out, upper=upper, checkpoint=a.checkpoint,
+                               fit_size=a.fit_size, device=a.device, plots=not a.no_plots)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "articulation.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
+    print(json.dumps(res["pooled"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
