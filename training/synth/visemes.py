@@ -98,7 +98,7 @@ DEFAULT_STYLE = {
     "amplitude": 1.0,   # gain on all mouth weights
     "jaw_gain": 1.0,    # extra gain on jawOpen
     "sigma": 0.035,     # coarticulation Gaussian, seconds (25-45 ms)
-    "lead": 0.06,       # targets this many seconds before the sound
+    "lead": 0.035,      # targets this many seconds before the sound
     "asymmetry": 0.0,   # >0: left side stronger, <0: right side stronger (fraction)
 }
 
