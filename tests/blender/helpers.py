@@ -223,9 +223,35 @@ def assert_same_user_data(before: dict, after: dict):
     assert before["active"] == after["active"]
 
 
-def our_fcurves(obj):
+def action_fcurves(act):
+    """Every F-curve of an action, whatever the API (legacy or layered)."""
+    if act is None:
+        return []
+    if hasattr(act, "layers") and len(act.layers):
+        out = []
+        for layer in act.layers:
+            for strip in layer.strips:
+                for cb in getattr(strip, "channelbags", []):
+                    out.extend(cb.fcurves)
+        return out
+    return list(act.fcurves) if hasattr(act, "fcurves") else []
+
+
+def our_action(obj):
+    import json
+
     key = obj.data.shape_keys
-    return {fc.data_path: fc for fc in _fcurves_of(key) if "ST_" in fc.data_path} if key else {}
+    raw = key.get("scantalk") if key is not None else None
+    return bpy.data.actions.get(json.loads(raw).get("action", "")) if raw else None
+
+
+def our_fcurves(obj):
+    """Our F-curves: in our own action (the NLA strip's), never in the user's."""
+    key = obj.data.shape_keys
+    if key is None:
+        return {}
+    assert not [fc for fc in _fcurves_of(key) if "ST_" in fc.data_path], "our curves in the user's action"
+    return {fc.data_path: fc for fc in action_fcurves(our_action(obj))}
 
 
 def keyframes(fc) -> np.ndarray:

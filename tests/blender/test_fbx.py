@@ -1,6 +1,7 @@
-"""scantalk.export_fbx keeps the shape-key animation: export, re-import with anim_offset=0, and the
-re-imported mesh moves the same on every frame (synthetic result; the end-to-end test does the
-same with the backend's)."""
+"""scantalk.export_fbx / export_gltf keep the shape-key animation, which lives in an NLA strip of
+our own: export, re-import (FBX with anim_offset=0), and the re-imported mesh moves the same on
+every frame (synthetic result; the end-to-end test does the same with the backend's). The glTF
+round trip goes through Blender's importer, which clamps weights to 0..1: Compact keys fit."""
 import importlib
 
 import numpy as np
@@ -42,8 +43,9 @@ def test_fbx_roundtrip_keeps_motion(scene, addon, tmp_path, mode):
     H.add_user_keys(obj)
     start, T = 11, 40
     tag = wb.write_result(obj, H.synthetic_offsets(len(obj.data.vertices), T), start, mode=mode, max_error=1e-4)
-    if mode == "COMPACT":  # weights go negative: they must survive the format
-        assert any(H.keyframes(fc)[:, 1].min() < 0 for fc in H.our_fcurves(obj).values())
+    if mode == "COMPACT":  # every weight fits [0, 1]: importers that clamp keep the motion
+        assert all(0 <= H.keyframes(fc)[:, 1].min() and H.keyframes(fc)[:, 1].max() <= 1
+                   for fc in H.our_fcurves(obj).values())
     scene.frame_end = 30  # shorter than the clip: the exporter must still cover it
     frames = [start - 1, start, start + 7, start + T // 2, start + T - 1, start + T]
     fbx_roundtrip(obj, tmp_path / f"head_{mode}.fbx", frames)
@@ -70,3 +72,39 @@ def test_gltf_export_keeps_morph_targets_and_restores_scene(scene, addon, tmp_pa
     assert path.stat().st_size > 0 and b"weights" in path.read_bytes()  # morph-target animation
     assert (scene.frame_start, scene.frame_end) == (1, 10)  # range put back
     assert other.select_get()  # selection put back
+
+
+def gltf_roundtrip(obj, path, frames, tol):
+    for o in bpy.context.view_layer.objects:
+        o.select_set(o == obj)
+    bpy.context.view_layer.objects.active = obj
+    assert bpy.ops.scantalk.export_gltf(filepath=str(path)) == {"FINISHED"}
+    ref = {f: H.evaluated(obj, f, world=True) for f in frames}
+    old = set(bpy.data.objects)
+    bpy.ops.import_scene.gltf(filepath=str(path))
+    new = [o for o in bpy.data.objects if o not in old and o.type == "MESH"]
+    assert len(new) == 1, new
+    imp = new[0]
+    worst = 0.0
+    for f in frames:
+        got = H.evaluated(imp, f, world=True)
+        assert got.shape == ref[f].shape
+        worst = max(worst, float(np.abs(got - ref[f]).max()))
+    assert worst < tol, worst
+    return imp
+
+
+@pytest.mark.parametrize("mode", ["COMPACT", "EXACT"])
+def test_gltf_roundtrip_keeps_motion_within_max_error(scene, addon, tmp_path, mode):
+    wb = importlib.import_module(PKG + ".writeback")
+    obj = H.sphere_head(subdiv=3)
+    obj.location = (0.2, 0.1, -0.3)
+    obj.data.polygons.foreach_set("use_smooth", [True] * len(obj.data.polygons))  # glTF keeps vertices whole:
+    while len(obj.data.uv_layers):  # no normal or UV seams to split them at
+        obj.data.uv_layers.remove(obj.data.uv_layers[0])
+    start, T, max_error = 11, 30, 1e-4
+    off = H.synthetic_offsets(len(obj.data.vertices), T)
+    tag = wb.write_result(obj, off, start, mode=mode, max_error=max_error)
+    frames = [start - 1, start, start + 7, start + T // 2, start + T - 1, start + T]
+    # the re-imported head moves like ours, and so like the exact offsets within Max Error
+    gltf_roundtrip(obj, tmp_path / f"head_{mode}.glb", frames, tol=max(tag["max_error"], 1e-6) + 2e-6)
