@@ -7,6 +7,10 @@ So we ask the backend for `start` = (frame_final_start - frame_start) / fps + so
 `duration` = (frame_final_end - frame_final_start) / fps at the scene's fps, and its output frame i
 belongs on scene frame frame_final_start + i.
 
+Blender 5.0+: the Video Sequencer can edit a scene of its own (`workspace.sequencer_scene`); its
+sound strips are found too (the scene's own strips first). Their frames are taken as this scene's
+frames (the two timelines are assumed aligned); a different frame rate is converted and warned about.
+
 API differences: 4.2 has `sequence_editor.sequences_all` and `SoundSequence`; 4.5+ `strips_all`
 and `SoundStrip` (5.0 only those). Everything else used here is the same.
 """
@@ -49,6 +53,20 @@ def strips_all(scene) -> list:
     if coll is None:
         coll = getattr(se, "sequences_all", None)  # Blender 4.2
     return list(coll) if coll is not None else []
+
+
+def sequencer_scene(context):
+    """The workspace's sequencer scene (Blender 5.0+), or None."""
+    ws = getattr(context, "workspace", None)
+    return getattr(ws, "sequencer_scene", None) if ws is not None else None
+
+
+def strip_scene(scene, seq_scene=None):
+    """The scene whose sound strips are used: `scene` when it has any, else the sequencer scene
+    when that one has them; `scene` otherwise."""
+    if sound_strips(scene) or seq_scene is None or seq_scene == scene:
+        return scene
+    return seq_scene if sound_strips(seq_scene) else scene
 
 
 def strips_collection_name(scene) -> str | None:
@@ -154,11 +172,17 @@ def strip_timing(strip, fps: float) -> tuple[int, float, float]:
     return first, start, max(0, last - first) / fps
 
 
-def resolve_strip(scene, strip, temp_dir: str | None = None) -> AudioSpec:
+def resolve_strip(scene, strip, temp_dir: str | None = None, target_fps: float | None = None) -> AudioSpec:
+    """`scene` holds the strip; keys are made at `target_fps` (the animated scene's, default the same)."""
     fps = scene_fps(scene)
     path, temp = sound_file(strip.sound, temp_dir)
     first, start, duration = strip_timing(strip, fps)
     warnings = []
+    if target_fps is not None and abs(target_fps - fps) > 1e-6:
+        warnings.append(f"strip '{strip.name}' is in scene '{scene.name}' at {fps:g} fps; its start frame is "
+                        f"converted to this scene's {target_fps:g} fps")
+        first = int(round(first * target_fps / fps))
+        fps = target_fps
     if duration <= 0:
         raise AudioSourceError(f"Strip '{strip.name}' is trimmed to nothing.")
     length = _sound_seconds(path)
@@ -184,12 +208,19 @@ def resolve_file(scene, path: str, frame_start: int | None = None) -> AudioSpec:
                      fps=scene_fps(scene), label=f"file '{os.path.basename(p)}'")
 
 
-def resolve(scene, strip_name: str = "", audio_path: str = "", temp_dir: str | None = None) -> AudioSpec:
-    """An explicit audio file wins over strips; otherwise the named or default sound strip."""
+def resolve(scene, strip_name: str = "", audio_path: str = "", temp_dir: str | None = None,
+            seq_scene=None) -> AudioSpec:
+    """An explicit audio file wins over strips; otherwise the named or default sound strip, of
+    `scene` or else of the workspace's sequencer scene `seq_scene` (Blender 5.0+)."""
     if audio_path:
         return resolve_file(scene, audio_path)
-    strip, note = choose_strip(scene, strip_name or None)
-    spec = resolve_strip(scene, strip, temp_dir)
+    owner = strip_scene(scene, seq_scene)
+    if strip_name and owner is scene and seq_scene is not None and seq_scene != scene:
+        if not any(s.name == strip_name for s in sound_strips(scene)) and \
+                any(s.name == strip_name for s in sound_strips(seq_scene)):
+            owner = seq_scene
+    strip, note = choose_strip(owner, strip_name or None)
+    spec = resolve_strip(owner, strip, temp_dir, target_fps=scene_fps(scene))
     if note:
         spec.warnings.insert(0, note)
     return spec

@@ -19,8 +19,20 @@ STAGE_LABELS = {
     "audio": "Encoding speech",
     "decode": "Predicting motion",
     "write": "Saving result",
+    "result": "Reading the result",
     "keys": "Writing shape keys",
 }
+
+# After the backend is done, the add-on's own stages take the last part of the bar.
+BACKEND_SHARE = 0.9
+
+
+def esc_cancels(mouse, panels) -> bool:
+    """Esc stops a job only with the mouse over one of our panels: `mouse` is (x, y) in window
+    coordinates, `panels` the (x, y, width, height) of the sidebar regions showing the ScanTalk
+    tab. Anywhere else Esc belongs to Blender (e.g. to stop playback)."""
+    mx, my = mouse
+    return any(x <= mx < x + w and y <= my < y + h for x, y, w, h in panels)
 
 
 class AnimateJob:
@@ -45,8 +57,6 @@ class AnimateJob:
         self.error: WorkerError | None = None
         self.killed_worker = False
         self._cancel_at: float | None = None
-        self.started_at = clock()
-        self.events: list[dict] = []
 
     # -- driving -----------------------------------------------------------------------------------
     def start(self) -> "AnimateJob":
@@ -64,7 +74,6 @@ class AnimateJob:
         if self.state != RUNNING or self.request is None:
             return self.state
         for ev in self.request.poll():
-            self.events.append(ev)
             kind = ev.get("event")
             if kind == "progress":
                 self._progress(ev)
@@ -117,16 +126,11 @@ class AnimateJob:
     def label(self) -> str:
         if self.cancelling:
             return "Cancelling..."
-        base = STAGE_LABELS.get(self.stage, self.stage.replace("_", " ").capitalize())
-        return base
+        return STAGE_LABELS.get(self.stage, self.stage.replace("_", " ").capitalize())
 
     @property
     def progress_text(self) -> str:
         return f"{self.label} {int(round(self.fraction * 100))}%"
-
-    @property
-    def elapsed(self) -> float:
-        return self.clock() - self.started_at
 
     def _progress(self, ev: dict) -> None:
         self.stage = str(ev.get("stage") or self.stage)

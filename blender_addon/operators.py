@@ -9,9 +9,9 @@ import bpy
 from bpy.props import EnumProperty, FloatProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper
 
-from . import backend_env, pipeline, runtime, writeback
+from . import backend_env, pipeline, prefs, runtime, writeback
 from .backend_env import BackendNotFound
-from .job import CANCELLED, DONE, RUNNING, AnimateJob
+from .job import BACKEND_SHARE, CANCELLED, DONE, RUNNING, STAGE_LABELS, AnimateJob, esc_cancels
 from .mesh_export import AXES_ITEMS
 from .properties import DESCRIPTIONS
 from .worker_client import WorkerError
@@ -35,12 +35,52 @@ def _redraw():
 
 
 class Running:
-    """What the panel shows while an animate runs from the UI."""
+    """An animate run from the UI: the backend's job, then reading the result (on a thread), then
+    writing keys. The panel draws its progress; Cancel works in every phase until the write."""
 
     def __init__(self, prep, job):
         self.prep = prep
         self.job = job
+        self.phase = "backend"  # -> "result" (ComputeThread) -> "keys" (one write on the main thread)
+        self.compute = None
         self.cancel_requested = False
+
+    def cancel(self) -> None:
+        self.cancel_requested = True
+        self.job.cancel()
+
+    @property
+    def cancelling(self) -> bool:
+        return self.cancel_requested or self.job.cancelling
+
+    @property
+    def fraction(self) -> float:
+        if self.phase == "backend":
+            return self.job.fraction * BACKEND_SHARE
+        return 0.93 if self.phase == "result" else 0.97
+
+    @property
+    def progress_text(self) -> str:
+        if self.cancelling:
+            return "Cancelling..."
+        label = self.job.label if self.phase == "backend" else STAGE_LABELS[self.phase]
+        return f"{label} {int(round(self.fraction * 100))}%"
+
+
+def _panel_rects(context) -> list:
+    """Window rectangles of the 3D View sidebars that show the ScanTalk tab."""
+    from .ui import VIEW3D_PT_scantalk
+
+    out = []
+    screen = context.window.screen if context.window is not None else None
+    for area in screen.areas if screen is not None else ():
+        if area.type != "VIEW_3D":
+            continue
+        for region in area.regions:
+            category = getattr(region, "active_panel_category", VIEW3D_PT_scantalk.bl_category)
+            if region.type == "UI" and region.width > 1 and category == VIEW3D_PT_scantalk.bl_category:
+                out.append((region.x, region.y, region.width, region.height))
+    return out
 
 
 class SCANTALK_OT_animate(bpy.types.Operator):
@@ -48,8 +88,8 @@ class SCANTALK_OT_animate(bpy.types.Operator):
 
     bl_idname = "scantalk.animate"
     bl_label = "Animate"
-    # UNDO without REGISTER: one undo step, but no redo panel (a redo would re-run the backend
-    # synchronously and freeze the UI; re-run from the panel instead).
+    # UNDO without REGISTER: one undo step (pushed when the modal finishes), but no redo panel (a
+    # redo would re-run the backend synchronously and freeze the UI; re-run from the panel instead).
     bl_options = {"UNDO"}
 
     strip: StringProperty(name="Strip", description=DESCRIPTIONS["strip"], options={"SKIP_SAVE"})
@@ -67,78 +107,89 @@ class SCANTALK_OT_animate(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if runtime.active is not None:
-            cls.poll_message_set("ScanTalk is already animating")
+        why = cannot_animate(context)
+        if why:
+            cls.poll_message_set(why)
             return False
         return True
 
-    # -- shared steps --------------------------------------------------------------------------
-    def _prepare(self, context):
-        settings = pipeline.Settings.gather(context, self)
-        return pipeline.prepare(context, settings)
+    # -- outcomes ------------------------------------------------------------------------------
+    def _failed(self, msg):
+        _report_lines(self, "ERROR", f"ScanTalk: {msg}")
+        runtime.last_message = msg
+        return {"CANCELLED"}
 
-    def _finish(self, context, prep, job):
+    def _cancelled(self):
+        self.report({"WARNING"}, "ScanTalk: cancelled; nothing was changed")
+        runtime.last_message = "Cancelled"
+        return {"CANCELLED"}
+
+    def _job_ended(self, job):
+        """The backend's job ended without a result."""
+        if job.state == CANCELLED:
+            if job.killed_worker:
+                runtime.forget_worker(job.client)
+            return self._cancelled()
+        return self._failed(job.message or "the backend failed")
+
+    def _guarded(self, step):
+        """Run a step that reads or writes the result; any failure is a message, never a stuck state
+        (writeback keeps the previous result when a write fails)."""
         try:
-            if job.state == DONE:
-                summary = pipeline.apply_result(context, prep, job.result)
-                for w in prep.warnings:
-                    self.report({"WARNING"}, w)
-                self.report({"INFO"}, summary)
-                runtime.last_message = summary
-                return {"FINISHED"}
-            if job.state == CANCELLED:
-                if job.killed_worker:
-                    runtime.forget_worker(job.client)
-                self.report({"WARNING"}, "ScanTalk: cancelled; nothing was changed")
-                runtime.last_message = "Cancelled"
-                return {"CANCELLED"}
-            msg = job.message or "the backend failed"
-            _report_lines(self, "ERROR", f"ScanTalk: {msg}")
-            runtime.last_message = msg
-            return {"CANCELLED"}
+            return step()
         except pipeline.PipelineError as exc:
-            _report_lines(self, "ERROR", f"ScanTalk: {exc}")
-            runtime.last_message = str(exc)
-            return {"CANCELLED"}
-        except Exception as exc:  # a bug or MemoryError: still a message in the UI, never a stuck state
+            return self._failed(str(exc))
+        except Exception as exc:  # a bug or MemoryError
             import traceback
 
             traceback.print_exc()
-            msg = f"unexpected error while writing the result ({type(exc).__name__}: {exc}); nothing was changed"
-            _report_lines(self, "ERROR", f"ScanTalk: {msg}")
-            runtime.last_message = msg
-            return {"CANCELLED"}
-        finally:
-            prep.cleanup()
+            return self._failed(f"unexpected error while writing the result ({type(exc).__name__}: {exc}); "
+                                "nothing was changed")
+
+    def _written(self, prep, summary):
+        for w in prep.warnings:
+            self.report({"WARNING"}, w)
+        self.report({"INFO"}, summary)
+        runtime.last_message = summary
+        return {"FINISHED"}
+
+    def _start(self, context):
+        """Preferences are read here, once, and passed down as plain values."""
+        pv = prefs.values(context)
+        prep = pipeline.prepare(context, pipeline.Settings.gather(context, self, pv))
+        return prep, AnimateJob(lambda: runtime.get_worker(pv.python_path), prep.fields)
 
     # -- synchronous (scripts, background) -----------------------------------------------------
     def execute(self, context):
         try:
-            prep = self._prepare(context)
+            prep, job = self._start(context)
         except (pipeline.PipelineError, BackendNotFound) as exc:
-            _report_lines(self, "ERROR", f"ScanTalk: {exc}")
-            return {"CANCELLED"}
-        job = AnimateJob(lambda: runtime.get_worker(context), prep.fields)
+            return self._failed(str(exc))
         try:
-            job.start()  # a missing backend ends the job in ERROR with the message to show
-            job.wait()
-        except KeyboardInterrupt:
-            job.cancel()
-            job.wait(timeout=10)
-        return self._finish(context, prep, job)
+            try:
+                job.start()  # a missing backend ends the job in ERROR with the message to show
+                job.wait()
+            except KeyboardInterrupt:
+                job.cancel()
+                job.wait(timeout=10)
+            if job.state != DONE:
+                return self._job_ended(job)
+            return self._guarded(lambda: self._written(prep, pipeline.apply_result(context, prep, job.result)))
+        finally:
+            prep.cleanup()
 
     # -- modal (UI) -----------------------------------------------------------------------------
     def invoke(self, context, event):
         if bpy.app.background or context.window is None:
             return self.execute(context)
         try:
-            prep = self._prepare(context)
+            prep, job = self._start(context)
         except (pipeline.PipelineError, BackendNotFound) as exc:
-            _report_lines(self, "ERROR", f"ScanTalk: {exc}")
-            return {"CANCELLED"}
-        job = AnimateJob(lambda: runtime.get_worker(context), prep.fields).start()
+            return self._failed(str(exc))
+        job.start()
         if job.state != RUNNING:
-            return self._finish(context, prep, job)
+            prep.cleanup()
+            return self._job_ended(job)
         runtime.active = Running(prep, job)
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
@@ -151,31 +202,52 @@ class SCANTALK_OT_animate(bpy.types.Operator):
         if run is None:
             return self._end(context, {"CANCELLED"})
         if event.type == "ESC":
-            if event.value == "PRESS":
-                run.job.cancel()
-            return {"RUNNING_MODAL"}  # Esc is ours while animating
+            # ours only over our panel: elsewhere Esc stops playback, leaves a menu...
+            if event.value == "PRESS" and esc_cancels((event.mouse_x, event.mouse_y), _panel_rects(context)):
+                run.cancel()
+                return {"RUNNING_MODAL"}
+            return {"PASS_THROUGH"}
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        if getattr(run, "cancel_requested", False):
-            run.job.cancel()
-        try:
-            state = run.job.poll()
-        except Exception as exc:  # never leave the panel stuck in "running"
-            run.job.cancel()
-            run.prep.cleanup()
-            _report_lines(self, "ERROR", f"ScanTalk: {exc}")
-            return self._end(context, {"CANCELLED"})
+        result = self._guarded(lambda: self._step(context, run))
         _redraw()
-        if state == RUNNING:
-            return {"PASS_THROUGH"}
-        run.job.stage, run.job.fraction = "keys", max(run.job.fraction, 0.98)
-        return self._end(context, self._finish(context, run.prep, run.job))
+        return {"PASS_THROUGH"} if result is None else self._end(context, result)
+
+    def _step(self, context, run):
+        """One timer tick; None while there is more to do."""
+        if run.phase == "backend":
+            if run.cancel_requested:
+                run.job.cancel()
+            if run.job.poll() == RUNNING:
+                return None
+            if run.job.state != DONE:
+                return self._job_ended(run.job)
+            run.phase = "result"
+            run.compute = pipeline.ComputeThread(run.prep, run.job.result)
+            return None
+        if run.cancel_requested:  # nothing has been written yet
+            return self._cancelled()
+        if run.phase == "result":
+            if not run.compute.done:
+                return None
+            run.compute.get()  # raises what the thread raised
+            run.phase = "keys"  # drawn before the write below blocks for a moment
+            return None
+        wm = context.window_manager
+        wm.progress_begin(0.0, 1.0)
+        try:
+            summary = pipeline.write(context, run.prep, run.compute.get(), progress=wm.progress_update)
+        finally:
+            wm.progress_end()
+        return self._written(run.prep, summary)
 
     def _end(self, context, result):
         if self._timer is not None:
             context.window_manager.event_timer_remove(self._timer)
             self._timer = None
-        runtime.active = None
+        run, runtime.active = runtime.active, None
+        if run is not None:
+            run.prep.cleanup()
         _redraw()
         return result
 
@@ -183,8 +255,20 @@ class SCANTALK_OT_animate(bpy.types.Operator):
         run = runtime.active
         if run is not None:
             run.job.cancel()
-            run.prep.cleanup()
         self._end(context, {"CANCELLED"})
+
+
+def cannot_animate(context) -> str:
+    """Why Animate is greyed out now ('' when it is not)."""
+    if runtime.active is not None:
+        return "ScanTalk is already animating"
+    obj = getattr(context, "active_object", None)
+    if obj is None:
+        return "Select the head mesh (make it the active object)"
+    if obj.type != "MESH":
+        return f"'{obj.name}' is a {obj.type.lower()}, not a mesh: select the head mesh"
+    ok, text = runtime.backend_status(prefs.values(context).python_path)
+    return "" if ok else text
 
 
 class SCANTALK_OT_cancel(bpy.types.Operator):
@@ -198,8 +282,7 @@ class SCANTALK_OT_cancel(bpy.types.Operator):
         return runtime.active is not None
 
     def execute(self, context):
-        runtime.active.cancel_requested = True
-        runtime.active.job.cancel()
+        runtime.active.cancel()
         return {"FINISHED"}
 
 
@@ -216,7 +299,12 @@ class SCANTALK_OT_clear(bpy.types.Operator):
 
     def execute(self, context):
         obj = context.active_object
-        if writeback.clear_result(obj):
+        try:
+            removed = writeback.clear_result(obj)
+        except writeback.WritebackError as exc:
+            self.report({"ERROR"}, f"ScanTalk: {exc}")
+            return {"CANCELLED"}
+        if removed:
             self.report({"INFO"}, f"Removed ScanTalk animation from '{obj.name}'")
             return {"FINISHED"}
         self.report({"WARNING"}, f"'{obj.name}' has no ScanTalk animation")
@@ -323,8 +411,11 @@ class SCANTALK_OT_export_gltf(bpy.types.Operator, _ExportBase):
     exporter_addon = "io_scene_gltf2"
 
     def export(self, context, obj):
+        # SCENE: one baked animation of what plays (the user's action and our NLA strip together);
+        # per-action export would split them into animations an engine plays one at a time
         bpy.ops.export_scene.gltf(filepath=self.filepath, use_selection=True, export_morph=True,
-                                  export_morph_normal=False, export_animations=True)
+                                  export_morph_normal=False, export_animations=True,
+                                  export_animation_mode="SCENE")
 
     def notes(self, obj):
         return [("INFO", f"Exported {os.path.basename(self.filepath)} (glTF stores seconds: import it "
@@ -352,14 +443,13 @@ class SCANTALK_OT_setup_backend(bpy.types.Operator):
         return t is None or t.state != "RUNNING"
 
     def execute(self, context):
-        from . import prefs
-
         p = prefs.get(context)
         extra = shlex.split(p.pip_args) if p is not None and p.pip_args else []
         bundle = runtime.bundle_dir()
         import sys
 
         base = backend_env.base_python_for_venv(sys.executable)
+        runtime.forget_backend_status()
         runtime.setup_task = task = backend_env.SetupTask(base, runtime.venv_dir(), bundle, extra).start()
         runtime.doctor_lines = []
         runtime.stop_worker()
@@ -392,8 +482,9 @@ class SCANTALK_OT_check_backend(bpy.types.Operator):
     bl_label = "Check backend"
 
     def execute(self, context):
+        runtime.forget_backend_status()
         try:
-            backend = runtime.discover(context)
+            backend = runtime.discover(prefs.values(context).python_path)
         except BackendNotFound as exc:
             runtime.doctor_lines = [str(exc)]
             _report_lines(self, "ERROR", f"ScanTalk: {exc}")

@@ -2,9 +2,11 @@
 
     prep = prepare(context, settings)      # validate, export mesh, resolve audio (touches nothing)
     job = AnimateJob(factory, prep.fields) # the backend works (job.py)
-    summary = apply_result(context, prep, job.result)   # read offsets, write shape keys
+    computed = compute(prep, job.result)   # read offsets, fit the basis (no bpy: a thread may run it)
+    summary = write(context, prep, computed)   # write shape keys, action, NLA strip
 
-Every failure raises PipelineError with a message for the UI; `prep.cleanup()` removes temp files.
+`apply_result` is the last two in one call. Every failure raises PipelineError with a message for
+the UI; `prep.cleanup()` removes temp files.
 """
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 
 import bpy
 import numpy as np
 
-from . import audio_source, mesh_export, writeback
+from . import audio_source, basis, mesh_export, writeback
 from .audio_source import AudioSourceError
 from .mesh_export import MeshExportError
+from .properties import OBJECT_SETTINGS
 from .writeback import WritebackError
 
 TYPICAL_HEAD_DIAGONAL_M = 0.35  # bounding-box diagonal of a human head (for unit guessing)
@@ -45,8 +49,10 @@ class Settings:
     max_basis: int = 64
 
     @classmethod
-    def gather(cls, context, op=None) -> "Settings":
-        """Operator properties that were set win; then the scene's panel settings; then defaults."""
+    def gather(cls, context, op=None, prefs=None) -> "Settings":
+        """Operator properties that were set win; then the panel's settings (audio: the scene's;
+        model, mode, strength...: the active object's own); then defaults. `prefs` is the
+        preferences' plain values (prefs.values()), read once by the operator."""
         s = cls()
         scene_settings = getattr(context.scene, "scantalk", None)
         if scene_settings is not None:
@@ -54,21 +60,22 @@ class Settings:
                 s.audio_path = scene_settings.audio_path
             else:
                 s.strip = scene_settings.strip
-            for name in ("checkpoint", "mode", "strength", "smoothing", "max_error_mm", "axes", "fit_frame_range"):
-                setattr(s, name, getattr(scene_settings, name))
+            s.fit_frame_range = scene_settings.fit_frame_range
+        obj = getattr(context, "active_object", None)
+        obj_settings = getattr(obj, "scantalk", None)
+        if obj_settings is not None:
+            for name in OBJECT_SETTINGS:
+                setattr(s, name, getattr(obj_settings, name))
         if op is not None:
             props = op.properties
             if props.is_property_set("audio_path") or props.is_property_set("strip"):
                 s.audio_path = op.audio_path if props.is_property_set("audio_path") else ""
                 s.strip = op.strip if props.is_property_set("strip") else ""
-            for name in ("checkpoint", "mode", "strength", "smoothing", "max_error_mm", "axes"):
+            for name in OBJECT_SETTINGS:
                 if props.is_property_set(name):
                     setattr(s, name, getattr(op, name))
-        from . import prefs
-
-        p = prefs.get(context)
-        if p is not None:
-            s.device, s.max_basis = p.device, p.max_basis
+        if prefs is not None:
+            s.device, s.max_basis = prefs.device, prefs.max_basis
         return s
 
 
@@ -108,7 +115,8 @@ def prepare(context, settings: Settings) -> Prepared:
     scene = context.scene
     tmp = tempfile.mkdtemp(prefix="scantalk_")
     try:
-        audio = audio_source.resolve(scene, settings.strip, settings.audio_path, temp_dir=tmp)
+        audio = audio_source.resolve(scene, settings.strip, settings.audio_path, temp_dir=tmp,
+                                     seq_scene=audio_source.sequencer_scene(context))
         export = mesh_export.export_mesh(obj, os.path.join(tmp, "mesh.npz"), settings.axes)
     except (AudioSourceError, MeshExportError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -147,8 +155,66 @@ def load_result(path: str) -> tuple[np.ndarray, float, dict]:
     return offsets, fps, meta
 
 
-def apply_result(context, prep: Prepared, result: dict, timings: dict | None = None) -> str:
-    """Write the backend's result onto the object; returns a one-line summary."""
+@dataclass
+class Computed:
+    plan: basis.Plan
+    metres_per_unit: float
+    extra: dict
+
+
+def compute(prep: Prepared, result: dict) -> Computed:
+    """Read the backend's offsets and fit what to store. Plain numpy, no bpy: safe on a thread."""
+    offsets, fps, meta = load_result(result.get("out") or prep.fields["out"])
+    if math.isfinite(fps) and abs(fps - prep.audio.fps) > 1e-3:
+        raise PipelineError(f"The backend returned {fps:g} fps for a {prep.audio.fps:g} fps scene.")
+    s = prep.settings
+    V = len(prep.export.neutral_local)
+    if offsets.ndim != 3 or offsets.shape[1] != V:
+        raise PipelineError(f"The result has shape {list(offsets.shape)} but the mesh has {V} vertices.")
+    off_local = prep.export.offsets_to_local(offsets)
+    mpu = metres_per_unit(meta, prep.export.neutral_local)
+    try:
+        plan = basis.plan_result(off_local, prep.audio.frame_start, s.mode, s.strength, s.smoothing,
+                                 s.max_error_mm / 1000.0 / mpu, s.max_basis)
+    except basis.PlanError as exc:
+        raise PipelineError(str(exc)) from exc
+    extra = {
+        "audio": prep.audio.label, "audio_path": prep.audio.path if not prep.audio.temp else "(packed)",
+        "audio_start": prep.audio.start, "fps": prep.audio.fps, "axes": prep.export.axes,
+        "checkpoint": prep.fields.get("checkpoint") or "bundled", "metres_per_unit": mpu,
+        "device": result.get("device") or meta.get("device"), "model": meta.get("model"),
+    }
+    return Computed(plan=plan, metres_per_unit=mpu, extra=extra)
+
+
+class ComputeThread:
+    """compute() on a thread, so the UI keeps drawing progress while a long clip is fitted."""
+
+    def __init__(self, prep: Prepared, result: dict):
+        self.value: Computed | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(prep, result), daemon=True)
+        self._thread.start()
+
+    def _run(self, prep, result):
+        try:
+            self.value = compute(prep, result)
+        except BaseException as exc:  # re-raised on the main thread by get()
+            self.error = exc
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def get(self) -> Computed:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def write(context, prep: Prepared, computed: Computed, timings: dict | None = None, progress=None) -> str:
+    """Write a computed result onto the object; returns a one-line summary."""
     obj = bpy.data.objects.get(prep.object_name)
     if obj is None:
         raise PipelineError(f"Object '{prep.object_name}' was deleted while it was being animated.")
@@ -157,27 +223,14 @@ def apply_result(context, prep: Prepared, result: dict, timings: dict | None = N
         obj.update_from_editmode()
         if context.view_layer.objects.active == obj and bpy.ops.object.mode_set.poll():
             bpy.ops.object.mode_set(mode="OBJECT")
-    offsets, fps, meta = load_result(result.get("out") or prep.fields["out"])
-    if math.isfinite(fps) and abs(fps - prep.audio.fps) > 1e-3:
-        raise PipelineError(f"The backend returned {fps:g} fps for a {prep.audio.fps:g} fps scene.")
     s = prep.settings
-    off_local = prep.export.offsets_to_local(offsets)
-    mpu = metres_per_unit(meta, prep.export.neutral_local)
-    max_err_local = s.max_error_mm / 1000.0 / mpu
-    extra = {
-        "audio": prep.audio.label, "audio_path": prep.audio.path if not prep.audio.temp else "(packed)",
-        "audio_start": prep.audio.start, "fps": prep.audio.fps, "axes": prep.export.axes,
-        "checkpoint": prep.fields.get("checkpoint") or "bundled", "metres_per_unit": mpu,
-        "device": result.get("device") or meta.get("device"), "model": meta.get("model"),
-    }
     try:
-        tag = writeback.write_result(obj, off_local, prep.audio.frame_start, mode=s.mode, strength=s.strength,
-                                     smoothing=s.smoothing, max_error=max_err_local, k_max=s.max_basis,
-                                     extra=extra, timings=timings)
+        tag = writeback.write_plan(obj, computed.plan, computed.extra, timings=timings, progress=progress)
     except WritebackError as exc:
         raise PipelineError(str(exc)) from exc
     if s.fit_frame_range and tag["frame_end"] > scene.frame_end:
         scene.frame_end = tag["frame_end"]
+    mpu = computed.metres_per_unit
     if s.mode == "COMPACT":
         err_mm = tag["max_error"] * mpu * 1000
         detail = f"{tag['basis_size']} basis keys, error <= {err_mm:.3f} mm"
@@ -187,4 +240,9 @@ def apply_result(context, prep: Prepared, result: dict, timings: dict | None = N
     else:
         detail = f"{tag['basis_size']} shape keys"
     return (f"Animated '{obj.name}' from {prep.audio.label}: frames {tag['frame_start']}-{tag['frame_end']} "
-            f"({s.mode.lower()}, {detail})")
+            f"({s.mode.lower()}, {detail}), on the NLA track '{tag['track']}'")
+
+
+def apply_result(context, prep: Prepared, result: dict, timings: dict | None = None) -> str:
+    """compute() then write(), in one call (scripts, background mode)."""
+    return write(context, prep, compute(prep, result), timings=timings)

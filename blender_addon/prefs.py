@@ -1,4 +1,8 @@
-"""Add-on preferences: the backend's Python, device, set-up and check buttons."""
+"""Add-on preferences: the backend's Python, device, set-up and check buttons.
+
+Operators read them once, where they start (`values(context)`), and pass plain values down."""
+from dataclasses import dataclass
+
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
@@ -54,6 +58,23 @@ class ScanTalkPreferences(bpy.types.AddonPreferences):
                 box.label(text=line, icon=icon if i == 0 else "BLANK1")
         for i, line in enumerate(runtime.doctor_lines[:16]):
             box.label(text=line, icon="INFO" if i == 0 else "BLANK1")
+
+
+@dataclass(frozen=True)
+class PrefValues:
+    python_path: str = ""  # absolute, or empty
+    device: str = "auto"
+    max_basis: int = 64
+    pip_args: str = ""
+
+
+def values(context=None) -> PrefValues:
+    """The preferences as plain values (defaults when the add-on is not registered)."""
+    p = get(context)
+    if p is None:
+        return PrefValues()
+    py = bpy.path.abspath(p.python_path) if p.python_path else ""
+    return PrefValues(python_path=py, device=p.device, max_basis=int(p.max_basis), pip_args=p.pip_args or "")
 
 
 def get(context=None):

@@ -1,4 +1,5 @@
-"""Per-scene settings shown in the ScanTalk panel (`scene.scantalk`)."""
+"""Settings shown in the ScanTalk panel: the audio per scene (`scene.scantalk`), how a head is
+animated per object (`object.scantalk`), so two heads in one scene keep their own."""
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, PointerProperty, StringProperty
 
@@ -25,9 +26,22 @@ DESCRIPTIONS = {
 
 
 class ScanTalkSettings(bpy.types.PropertyGroup):
+    """Per scene: where the audio comes from."""
+
     source: EnumProperty(name="Audio", items=SOURCE_ITEMS, default="STRIP")
     strip: StringProperty(name="Strip", description=DESCRIPTIONS["strip"])
     audio_path: StringProperty(name="Audio File", description=DESCRIPTIONS["audio_path"], subtype="FILE_PATH")
+    fit_frame_range: BoolProperty(name="Extend Frame Range", default=True,
+                                  description="Extend the scene's end frame to the end of the animation "
+                                              "(never shortens it)")
+
+
+OBJECT_SETTINGS = ("checkpoint", "mode", "strength", "smoothing", "max_error_mm", "axes")
+
+
+class ScanTalkObjectSettings(bpy.types.PropertyGroup):
+    """Per object: how this head is animated."""
+
     checkpoint: StringProperty(name="Checkpoint", description=DESCRIPTIONS["checkpoint"], subtype="FILE_PATH")
     mode: EnumProperty(name="Mode", items=MODE_ITEMS, default="COMPACT", description=DESCRIPTIONS["mode"])
     strength: FloatProperty(name="Strength", default=1.0, min=0.0, soft_max=2.0, max=10.0,
@@ -37,16 +51,17 @@ class ScanTalkSettings(bpy.types.PropertyGroup):
     max_error_mm: FloatProperty(name="Max Error (mm)", default=0.1, min=0.001, soft_max=1.0, max=100.0,
                                 precision=3, description=DESCRIPTIONS["max_error_mm"])
     axes: EnumProperty(name="Axes", items=AXES_ITEMS, default="AUTO", description=DESCRIPTIONS["axes"])
-    fit_frame_range: BoolProperty(name="Extend Frame Range", default=True,
-                                  description="Extend the scene's end frame to the end of the animation "
-                                              "(never shortens it)")
 
 
 def register():
     bpy.utils.register_class(ScanTalkSettings)
+    bpy.utils.register_class(ScanTalkObjectSettings)
     bpy.types.Scene.scantalk = PointerProperty(type=ScanTalkSettings)
+    bpy.types.Object.scantalk = PointerProperty(type=ScanTalkObjectSettings)
 
 
 def unregister():
+    del bpy.types.Object.scantalk
     del bpy.types.Scene.scantalk
+    bpy.utils.unregister_class(ScanTalkObjectSettings)
     bpy.utils.unregister_class(ScanTalkSettings)

@@ -3,6 +3,7 @@ job (for the panel's progress bar), the set-up task and the last doctor report."
 from __future__ import annotations
 
 import atexit
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ ADDON_DIR = Path(__file__).resolve().parent
 
 _worker: WorkerClient | None = None
 _worker_key = None
-active = None  # pipeline.Running while an animate runs from the UI
+active = None  # operators.Running while an animate runs from the UI
 setup_task: backend_env.SetupTask | None = None
 doctor_lines: list[str] = []
 last_message: str = ""
@@ -46,24 +47,40 @@ def bundle_dir() -> str | None:
     return backend_env.find_bundle(ADDON_DIR)
 
 
-def discover(context=None) -> backend_env.Backend:
-    from . import prefs
-
-    p = prefs.get(context)
-    pref_python = (p.python_path if p is not None else "") or ""
-    if pref_python:
-        import bpy
-
-        pref_python = bpy.path.abspath(pref_python)
+def discover(pref_python: str = "") -> backend_env.Backend:
+    """The backend to use; `pref_python` is the preference's interpreter (absolute, or empty)."""
     return backend_env.resolve(pref_python=pref_python, venv_dir=venv_dir(), running_python=sys.executable,
                                bundle_dir=bundle_dir())
 
 
-def get_worker(context=None) -> WorkerClient:
+_status: dict = {}
+
+
+def backend_status(pref_python: str = "") -> tuple[bool, str]:
+    """(usable, one line for the panel), without starting anything once known: cached per
+    preference, environment variable, venv presence and running interpreter (the first call may
+    probe an interpreter, ~0.1-0.5 s). `forget_backend_status()` after set-up or a check."""
+    key = (pref_python, os.environ.get(backend_env.ENV_VAR, ""), backend_env.venv_python(venv_dir()).exists(),
+           sys.executable, setup_task.state if setup_task is not None else None)
+    if key not in _status:
+        try:
+            b = discover(pref_python)
+            _status.clear()
+            _status[key] = (True, f"Backend: {b.describe()}")
+        except backend_env.BackendNotFound as exc:
+            _status[key] = (False, str(exc))
+    return _status[key]
+
+
+def forget_backend_status() -> None:
+    _status.clear()
+
+
+def get_worker(pref_python: str = "") -> WorkerClient:
     """The shared worker (models stay warm between runs); restarted if it died or the backend
     settings changed. Raises BackendNotFound or WorkerError with a readable message."""
     global _worker, _worker_key
-    backend = discover(context)
+    backend = discover(pref_python)
     args = ("--cache-dir", cache_dir())
     key = tuple(backend.worker_argv(*args))
     if _worker is not None and (_worker_key != key or not _worker.alive):

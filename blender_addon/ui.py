@@ -1,7 +1,7 @@
 """The ScanTalk sidebar panel (3D View > Sidebar > ScanTalk)."""
 import bpy
 
-from . import audio_source, runtime, writeback
+from . import audio_source, prefs, runtime, writeback
 
 
 class VIEW3D_PT_scantalk(bpy.types.Panel):
@@ -16,44 +16,55 @@ class VIEW3D_PT_scantalk(bpy.types.Panel):
         st = scene.scantalk
         obj = context.active_object
 
-        if obj is None or obj.type != "MESH":
-            layout.label(text="Select the head mesh", icon="INFO")
+        ok, backend_text = runtime.backend_status(prefs.values(context).python_path)
+        if ok:
+            layout.label(text="Backend ready", icon="CHECKMARK")
         else:
-            layout.label(text=obj.name, icon="MESH_DATA")
+            box = layout.box()
+            for i, line in enumerate(_wrap(backend_text)):
+                box.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
 
         col = layout.column(align=True)
         col.prop(st, "source", expand=True)
         if st.source == "STRIP":
-            coll = audio_source.strips_collection_name(scene)
+            owner = audio_source.strip_scene(scene, audio_source.sequencer_scene(context))
+            coll = audio_source.strips_collection_name(owner)
             if coll is None:
                 col.label(text="No sequencer strips: add a sound strip", icon="ERROR")
             else:
-                col.prop_search(st, "strip", scene.sequence_editor, coll, text="", icon="SOUND")
+                col.prop_search(st, "strip", owner.sequence_editor, coll, text="", icon="SOUND")
+                if owner != scene:
+                    col.label(text=f"Strips of the sequencer scene '{owner.name}'")
                 if not st.strip:
                     col.label(text="Empty: the first unmuted sound strip")
         else:
             col.prop(st, "audio_path", text="")
+        layout.prop(st, "fit_frame_range")
 
-        col = layout.column()
-        col.prop(st, "checkpoint")
-        col.prop(st, "mode")
-        if st.mode == "COMPACT":
-            col.prop(st, "max_error_mm")
-        col.prop(st, "strength")
-        col.prop(st, "smoothing")
-        col.prop(st, "axes")
-        col.prop(st, "fit_frame_range")
+        if obj is None or obj.type != "MESH":
+            layout.label(text="Select the head mesh", icon="INFO")
+        else:
+            ob = obj.scantalk  # per object: two heads keep their own
+            col = layout.column()
+            col.label(text=obj.name, icon="MESH_DATA")
+            col.prop(ob, "checkpoint")
+            col.prop(ob, "mode")
+            if ob.mode == "COMPACT":
+                col.prop(ob, "max_error_mm")
+            col.prop(ob, "strength")
+            col.prop(ob, "smoothing")
+            col.prop(ob, "axes")
 
         run = runtime.active
         if run is not None:
             box = layout.box()
-            job = run.job
-            box.progress(factor=job.fraction, text=job.progress_text)
-            if job.message and not job.cancelling:
-                box.label(text=job.message)
+            box.progress(factor=run.fraction, text=run.progress_text)
+            if run.job.message and not run.cancelling and run.phase == "backend":
+                box.label(text=run.job.message)
             box.operator("scantalk.cancel", icon="CANCEL")
+            box.label(text="Esc over this panel cancels too")
         else:
-            layout.operator("scantalk.animate", icon="PLAY_SOUND")
+            layout.operator("scantalk.animate", icon="PLAY_SOUND")  # greyed out with the reason as tooltip
             if runtime.last_message:
                 for line in runtime.last_message.splitlines()[:6]:
                     layout.label(text=line)
@@ -64,10 +75,18 @@ class VIEW3D_PT_scantalk(bpy.types.Panel):
             box.label(text=f"{tag['mode'].capitalize()}: frames {tag['frame_start']}-{tag['frame_end']}",
                       icon="SHAPEKEY_DATA")
             box.label(text=f"{len(tag['keys'])} shape keys, {tag.get('audio', '')}")
+            if tag.get("track"):
+                box.label(text=f"NLA track '{tag['track']}' of the shape keys: move the strip to re-time")
             row = box.row(align=True)
             row.operator("scantalk.export_fbx", icon="EXPORT")
             row.operator("scantalk.export_gltf", text="glTF")
             box.operator("scantalk.clear", icon="TRASH")
+
+
+def _wrap(text: str, width: int = 48) -> list[str]:
+    import textwrap
+
+    return [ln for para in text.splitlines() for ln in textwrap.wrap(para, width)][:6]
 
 
 def register():

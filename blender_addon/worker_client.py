@@ -174,7 +174,6 @@ class WorkerClient:
         self._prefix = f"c{os.getpid()}_{id(self) & 0xFFFF:x}_"
         self._stdout_done = threading.Event()
         self._exit_event: dict | None = None
-        self.stray_stdout: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> "WorkerClient":
@@ -287,8 +286,10 @@ class WorkerClient:
     def call(self, cmd: str, timeout: float | None = None, **fields) -> dict:
         return self.request(cmd, **fields).wait(timeout=timeout)
 
-    def cancel(self, target: str) -> Request:
-        return self.request("cancel", target=target)
+    def cancel(self, target: str) -> None:
+        """Ask the worker to stop request `target` (its own events say when it has). Nothing waits
+        for the acknowledgement, so it is not kept as a pending request."""
+        self.send({"id": self._new_id(), "cmd": "cancel", "target": target})
 
     def _forget(self, rid: str) -> None:
         with self._lock:
@@ -312,7 +313,6 @@ class WorkerClient:
                         raise ValueError("not an object")
                 except ValueError:
                     # The protocol allows nothing but events on stdout; keep it for diagnosis.
-                    self.stray_stdout.append(line)
                     self._stderr.append(f"[stdout] {line}")
                     continue
                 self._dispatch(ev)

@@ -102,6 +102,13 @@ def test_gltf_roundtrip_keeps_motion_within_max_error(scene, addon, tmp_path, mo
     obj.data.polygons.foreach_set("use_smooth", [True] * len(obj.data.polygons))  # glTF keeps vertices whole:
     while len(obj.data.uv_layers):  # no normal or UV seams to split them at
         obj.data.uv_layers.remove(obj.data.uv_layers[0])
+    obj.shape_key_add(name="Basis")  # the user's own key, animated by the user's active action
+    smile = obj.shape_key_add(name="smile")
+    smile.data.foreach_set("co", (H.coords(obj) + [0.01, 0, 0]).astype(np.float32).ravel())
+    smile.value = 0.2
+    smile.keyframe_insert("value", frame=1)
+    smile.value = 0.9
+    smile.keyframe_insert("value", frame=40)
     start, T, max_error = 11, 30, 1e-4
     off = H.synthetic_offsets(len(obj.data.vertices), T)
     tag = wb.write_result(obj, off, start, mode=mode, max_error=max_error)

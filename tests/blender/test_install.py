@@ -36,7 +36,9 @@ def test_installed_extension_layout(addon):
     assert venv.is_dir() and "scantalk" in venv.parts  # the extension's own user folder
 
 
-def test_scene_settings_defaults(scene):
-    st = scene.scantalk
-    assert (st.mode, st.source, st.axes, st.max_error_mm, st.strength, st.smoothing) == \
-        ("COMPACT", "STRIP", "AUTO", pytest.approx(0.1), 1.0, 0.0)
+def test_settings_defaults(scene):
+    assert (scene.scantalk.source, scene.scantalk.fit_frame_range) == ("STRIP", True)
+    bpy.ops.mesh.primitive_cube_add()
+    ob = bpy.context.active_object.scantalk  # per object
+    assert (ob.mode, ob.axes, ob.max_error_mm, ob.strength, ob.smoothing, ob.checkpoint) == \
+        ("COMPACT", "AUTO", pytest.approx(0.1), 1.0, 0.0, "")

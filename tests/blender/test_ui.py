@@ -49,14 +49,22 @@ def test_panel_states(scene, addon):
     lay = draw_panel()
     assert "scantalk.animate" in lay.ops() and "scantalk.export_fbx" not in lay.ops()
 
+    ops = importlib.import_module(PKG + ".operators")
     j = job.AnimateJob(lambda: None, {})
-    j.stage, j.fraction = "decode", 0.42
-    rt.active = types.SimpleNamespace(job=j, prep=None)
+    j.stage, j.fraction = "decode", 0.5
+    rt.active = run = ops.Running(types.SimpleNamespace(cleanup=lambda: None), j)
     try:
         lay = draw_panel()
         prog = [kw for n, a, kw in lay.calls if n == "progress"]
-        assert prog and prog[0]["factor"] == pytest.approx(0.42) and "Predicting motion 42%" in prog[0]["text"]
+        assert prog and prog[0]["factor"] == pytest.approx(0.45) and "Predicting motion 45%" in prog[0]["text"]
         assert "scantalk.cancel" in lay.ops() and "scantalk.animate" not in lay.ops()
+        # progress goes on through reading the result and writing keys
+        run.phase = "result"
+        assert "Reading the result 93%" in [kw for n, a, kw in draw_panel().calls if n == "progress"][0]["text"]
+        run.phase = "keys"
+        assert "Writing shape keys 97%" in [kw for n, a, kw in draw_panel().calls if n == "progress"][0]["text"]
+        run.cancel_requested = True
+        assert "Cancelling" in [kw for n, a, kw in draw_panel().calls if n == "progress"][0]["text"]
     finally:
         rt.active = None
 
@@ -99,3 +107,39 @@ def test_preferences_draw_setup_states(scene, addon):
         assert "Setup failed: pip could not reach the index" in draw().texts("label")
     finally:
         rt.setup_task = None
+
+
+def test_animate_is_greyed_out_with_a_reason(scene, addon, monkeypatch, tmp_path):
+    ops = importlib.import_module(PKG + ".operators")
+    rt = importlib.import_module(PKG + ".runtime")
+    assert "Select the head mesh" in ops.cannot_animate(bpy.context)
+    assert not bpy.ops.scantalk.animate.poll()
+    bpy.ops.object.camera_add()
+    assert "is a camera, not a mesh" in ops.cannot_animate(bpy.context)
+    H.sphere_head(subdiv=1)
+    # no backend anywhere: greyed out, the panel says where to set it up
+    monkeypatch.delenv("SCANTALK_BACKEND_PYTHON", raising=False)
+    monkeypatch.setattr(rt.sys, "executable", str(tmp_path / "no-python"))
+    rt.forget_backend_status()
+    try:
+        assert "Set up backend" in ops.cannot_animate(bpy.context)
+        assert not bpy.ops.scantalk.animate.poll()
+        labels = " ".join(draw_panel().texts("label"))
+        assert "No backend Python found" in labels and "Backend ready" not in labels
+    finally:
+        monkeypatch.undo()
+        rt.forget_backend_status()
+
+
+def test_settings_live_on_each_object(scene, addon):
+    pipeline = importlib.import_module(PKG + ".pipeline")
+    a, b = H.sphere_head("A", subdiv=1), H.sphere_head("B", subdiv=1)
+    a.scantalk.mode, a.scantalk.strength, a.scantalk.axes = "EXACT", 0.5, "Y_UP"
+    b.scantalk.smoothing, b.scantalk.checkpoint = 2.0, "//b.pt"
+    for obj, want in ((a, ("EXACT", 0.5, 0.0, "Y_UP", "")), (b, ("COMPACT", 1.0, 2.0, "AUTO", "//b.pt"))):
+        bpy.context.view_layer.objects.active = obj
+        s = pipeline.Settings.gather(bpy.context)
+        assert (s.mode, s.strength, s.smoothing, s.axes, s.checkpoint) == want, obj.name
+        lay = draw_panel()
+        props = [(a_[0], a_[1]) for n, a_, kw in lay.calls if n == "prop"]
+        assert (obj.scantalk, "mode") in props  # the panel edits this object's own settings
