@@ -547,3 +547,54 @@ def test_setup_task_makes_a_venv_that_imports_the_bundle(tmp_path):
     assert out.returncode == 0 and out.stdout.strip().startswith(bundle), out
     be = backend_env.resolve(venv_dir=str(venv), bundle_dir=bundle, env={})
     assert be.source == "venv" and be.python == str(vpy) and not be.use_bundle  # the venv imports it itself
+
+
+# ---- results that fit an animator's workflow (no bpy) ------------------------------------------------
+def test_esc_cancels_only_over_our_panel():
+    panels = [(1500, 40, 300, 900)]  # a 3D View sidebar showing the ScanTalk tab
+    assert jobmod.esc_cancels((1600, 500), panels)
+    assert not jobmod.esc_cancels((800, 500), panels)  # over the viewport: Esc stops playback
+    assert not jobmod.esc_cancels((1600, 500), [])  # no sidebar on our tab
+
+
+@pytest.mark.parametrize("mode", ["COMPACT", "EXACT"])
+def test_plan_keys_all_weights_in_0_1_and_rebuild_the_offsets(mode):
+    from blender_addon import basis
+
+    rng = np.random.default_rng(0)
+    T, V = 40, 50
+    t = np.arange(T)[:, None]
+    modes = rng.standard_normal((3, V * 3)).astype(np.float32)
+    D = (np.sin(t * [0.2, 0.31, 0.47]) @ modes * 1e-3).astype(np.float32)  # weights of both signs
+    plan = basis.plan_result(D.reshape(T, V, 3), 7, mode=mode, max_error=1e-6)
+    rebuilt = np.zeros((T, V * 3), np.float64)
+    for i in range(len(plan.names)):
+        frames, vals = plan.curve(i)
+        assert vals.min() >= 0.0 and vals.max() <= 1.0  # importers that clamp weights keep the motion
+        assert vals[0] == 0 and vals[-1] == 0  # neutral on the frames either side of the clip
+        assert frames[0] == (6 if mode == "COMPACT" else 6 + i)
+        for f, v in zip(frames, vals):
+            if 7 <= f < 7 + T:
+                rebuilt[int(f) - 7] += v * plan.shapes[i]
+    err = np.linalg.norm((rebuilt - D).reshape(T, V, 3), axis=2).max()
+    assert err <= max(plan.max_error, 1e-7) + 1e-6
+    if mode == "COMPACT":
+        assert plan.names[-1] == "bias" and plan.basis_size == 3 and len(plan.names) == 4
+
+
+def test_cancel_requests_do_not_stay_pending(fake_worker):
+    c = fake_worker()
+    req = c.request("animate", audio="slow")
+    c.cancel(req.id)
+    with pytest.raises(WorkerCancelled):
+        req.wait(timeout=20)
+    time.sleep(0.2)
+    assert not c._pending  # neither the animate nor the cancel is left waiting
+    assert not hasattr(c, "stray_stdout")
+
+
+def test_prefs_and_runtime_do_not_import_each_other():
+    src = (ROOT / "blender_addon" / "runtime.py").read_text()
+    assert "prefs" not in src.replace("preference", "")
+    for name in ("pipeline.py", "runtime.py", "writeback.py", "job.py"):
+        assert "prefs.get(" not in (ROOT / "blender_addon" / name).read_text(), name

@@ -51,6 +51,26 @@ def test_strip_timing_at_24fps_trimmed_and_offset(scene, audio, wav):
 
 
 @needs_audio
+@pytest.mark.skipif(bpy.app.version < (5, 0, 0), reason="the workspace's sequencer scene is new in Blender 5.0")
+def test_strips_of_the_workspaces_sequencer_scene(scene, audio, wav):
+    edit = bpy.data.scenes.new("Edit")
+    edit.render.fps, edit.render.fps_base = 24, 1.0
+    s = H.sound_strips_collection(edit).new_sound("take", str(wav), channel=1, frame_start=9)
+    ws = bpy.context.workspace
+    ws.sequencer_scene = edit
+    assert audio.sequencer_scene(bpy.context) == edit
+    spec = audio.resolve(scene, seq_scene=audio.sequencer_scene(bpy.context))  # this scene has none
+    assert spec.label == "strip 'take'" and spec.frame_start == 9 and spec.fps == 24.0
+    assert audio.resolve(scene, "take", seq_scene=edit).frame_start == 9  # by name too
+    mine = H.sound_strips_collection(scene).new_sound("own", str(wav), channel=1, frame_start=3)
+    assert audio.resolve(scene, seq_scene=edit).label == f"strip '{mine.name}'"  # the scene's own first
+    scene.render.fps = 48  # another frame rate: the start frame is converted, with a warning
+    spec = audio.resolve(scene, "take", seq_scene=edit)
+    assert spec.frame_start == 18 and spec.fps == 48.0 and spec.warnings
+    assert s.name == "take"
+
+
+@needs_audio
 def test_fps_base_and_sound_offset(scene, audio, wav):
     scene.render.fps, scene.render.fps_base = 30, 1.001
     s = H.sound_strips_collection(scene).new_sound("voice", str(wav), channel=1, frame_start=1)

@@ -143,3 +143,14 @@ def test_settings_live_on_each_object(scene, addon):
         lay = draw_panel()
         props = [(a_[0], a_[1]) for n, a_, kw in lay.calls if n == "prop"]
         assert (obj.scantalk, "mode") in props  # the panel edits this object's own settings
+
+
+def test_animate_and_remove_are_one_undo_step_each(scene, addon):
+    """Ctrl+Z after Animate: the operator declares UNDO and finishes once (the modal returns FINISHED
+    only after the write), so Blender pushes one undo step holding the whole result. bpy from PyPI
+    has no window, so its undo stack cannot run here (ed.undo's poll fails); what the step relies on,
+    a write that changes nothing unless it completes, is tested in test_writeback."""
+    assert bpy.types.SCANTALK_OT_animate.bl_options == {"UNDO"}
+    assert "UNDO" in bpy.types.SCANTALK_OT_clear.bl_options
+    if bpy.app.background:
+        assert not bpy.ops.ed.undo.poll()
