@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -428,12 +427,3 @@ def format_doctor(res: dict) -> list[str]:
             v = ", ".join(map(str, v))
         lines.append(f"{k}: {v}")
     return lines
-
-
-def wait_until(pred, timeout: float, tick: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(tick)
-    return pred()

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from .basis import Plan, PlanError, compact_basis, plan_result, smooth_time  # noqa: F401 (API)
+from .basis import Plan, PlanError, plan_result
 
 PREFIX = "ST_"
 TAG = "scantalk"

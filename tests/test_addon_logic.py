@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blender_addon import audio_source, backend_env, job as jobmod, mesh_export, writeback  # noqa: E402
+from blender_addon import audio_source, backend_env, basis, job as jobmod, mesh_export  # noqa: E402
 from blender_addon.worker_client import WorkerClient, WorkerError, WorkerCancelled  # noqa: E402
 
 FAKE_WORKER = textwrap.dedent(r'''
@@ -474,33 +474,33 @@ def _max_err(D, W, B):
 def test_compact_basis_meets_the_tolerance(T):
     D = _offsets(T=T, noise=2e-6)
     tol = 2e-5
-    W, B, err, K = writeback.compact_basis(D, tol, k_max=64)
+    W, B, err, K = basis.compact_basis(D, tol, k_max=64)
     assert _max_err(D, W, B) <= err * (1 + 1e-4) and err <= tol  # a bound, within the tolerance
     assert 7 <= K <= 40  # rank 6 + mean needs 7; noise may need a few more
 
 
 def test_compact_basis_minimal_k():
     D = _offsets(T=80, rank=4, noise=0.0)
-    W, B, err, K = writeback.compact_basis(D, 1e-6, k_max=32)
+    W, B, err, K = basis.compact_basis(D, 1e-6, k_max=32)
     assert K == 5 and err <= 1e-6  # rank 4 + the constant offset, nothing more
-    W1, B1, e1, K1 = writeback.compact_basis(D, 1.0, k_max=32)
+    W1, B1, e1, K1 = basis.compact_basis(D, 1.0, k_max=32)
     assert K1 == 1  # a huge tolerance needs one key
 
 
 def test_compact_basis_reports_real_error_when_k_max_is_too_small():
     D = _offsets(T=80, rank=10)
-    W, B, err, K = writeback.compact_basis(D, 1e-9, k_max=3)
+    W, B, err, K = basis.compact_basis(D, 1e-9, k_max=3)
     assert K == 3 and err > 1e-9 and err == pytest.approx(_max_err(D, W, B), rel=1e-3)
 
 
 def test_smooth_time_keeps_constants_and_smooths_steps():
     x = np.ones((20, 6), np.float32)
-    assert np.allclose(writeback.smooth_time(x, 2.0), 1.0)
+    assert np.allclose(basis.smooth_time(x, 2.0), 1.0)
     step = np.zeros((20, 1), np.float32)
     step[10:] = 1
-    y = writeback.smooth_time(step, 1.5)
+    y = basis.smooth_time(step, 1.5)
     assert 0 < y[9, 0] < 0.5 < y[10, 0] < 1 and y[0, 0] == pytest.approx(0) and y[-1, 0] == pytest.approx(1)
-    assert writeback.smooth_time(step, 0) is not None and np.array_equal(writeback.smooth_time(step, 0), step)
+    assert basis.smooth_time(step, 0) is not None and np.array_equal(basis.smooth_time(step, 0), step)
 
 
 # ---- the zip ------------------------------------------------------------------------------------------
@@ -559,8 +559,6 @@ def test_esc_cancels_only_over_our_panel():
 
 @pytest.mark.parametrize("mode", ["COMPACT", "EXACT"])
 def test_plan_keys_all_weights_in_0_1_and_rebuild_the_offsets(mode):
-    from blender_addon import basis
-
     rng = np.random.default_rng(0)
     T, V = 40, 50
     t = np.arange(T)[:, None]
