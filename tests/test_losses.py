@@ -125,3 +125,24 @@ def test_inner_lip_gap_matches_lip_geometry():
     il = InnerLip(np.array([1, 3, 5]), np.array([2, 7]), "mask_split")
     ours = L.lip_gap(torch.from_numpy(v), torch.from_numpy(il.upper), torch.from_numpy(il.lower))
     assert np.allclose(ours.numpy(), lip_gap(v, il))
+
+
+def test_lip_closure_term_pulls_every_lip_vertex_on_closed_frames():
+    """The closure-weighted lip MSE: the same lip error costs more on a closed frame than on an
+    open one, reaches every lip vertex (not only the extreme two), and is 0 when switched off."""
+    lips = torch.tensor([0, 1, 2])
+    gap = L.GapInputs(UP, LO, 0.0)
+    target = face([0.0, 0.008])
+    w = L.LossWeights(mse=0.0, lip_closure=1.0, gap_closure_boost=4.0, gap_closure_mm=1.0, unit_scale=1000.0)
+    miss_closed, miss_open = target.clone(), target.clone()
+    miss_closed[0, 2, 2] += 0.002  # a lip vertex off by 2 mm on the closed frame
+    miss_open[1, 2, 2] += 0.002    # ... on the open frame
+    c = L.compute_losses(miss_closed, target, w, lips=lips, gap=gap)
+    o = L.compute_losses(miss_open, target, w, lips=lips, gap=gap)
+    assert float(c["lip_closure"]) > 20 * float(o["lip_closure"]) > 0
+    pred = miss_closed.clone().requires_grad_(True)
+    L.compute_losses(pred, target, w, lips=lips, gap=gap)["total"].backward()
+    assert pred.grad[0, 2].abs().sum() > 0  # the vertex that is not an extreme of the gap
+    off = L.compute_losses(miss_closed, target, L.LossWeights(mse=0.0, gap_closure_boost=4.0),
+                           lips=lips, gap=gap)
+    assert float(off["total"]) == 0.0 and float(off["lip_closure"]) > 0  # reported, not counted

@@ -67,6 +67,9 @@ class LossSection:
     gap_closure_mm: float = 1.0
     gap_bilabial_boost: float = 0.0
     gap_closed_mm: float = 1.0  # validation: frames whose target opening is below this are "closed"
+    # The lip MSE again, per frame weighted by (gap weight - 1): all lip vertices are pulled to
+    # the target where the lips close (the gap term alone reaches only the two extreme vertices).
+    lip_closure: float = 0.0
     # Auxiliary viseme classifier on the audio latents (trainer only, never saved in the model):
     # cross-entropy against the viseme of each frame from the clip's phone timings.
     phone: float = 0.0

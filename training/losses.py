@@ -113,6 +113,7 @@ class LossWeights:
     gap_closure_boost: float = 0.0
     gap_closure_mm: float = 1.0  # in scaled units (mm when unit_scale = 1000)
     gap_bilabial_boost: float = 0.0
+    lip_closure: float = 0.0
     phone: float = 0.0
 
     def __post_init__(self):
@@ -124,7 +125,7 @@ class LossWeights:
         return cls(mse=sec.mse, lip=sec.lip, velocity=sec.velocity, velocity_axis=sec.velocity_axis,
                    unit_scale=sec.unit_scale, gap=sec.gap, gap_closure_boost=sec.gap_closure_boost,
                    gap_closure_mm=sec.gap_closure_mm, gap_bilabial_boost=sec.gap_bilabial_boost,
-                   phone=sec.phone)
+                   lip_closure=sec.lip_closure, phone=sec.phone)
 
 
 def compute_losses(pred: torch.Tensor, target: torch.Tensor, weights: LossWeights,
@@ -162,8 +163,17 @@ def compute_losses(pred: torch.Tensor, target: torch.Tensor, weights: LossWeight
             out["gap"] = gap_loss(lip_gap(p, gap.upper, gap.lower), tg, w)
         if weights.gap:
             total = total + weights.gap * out["gap"]
+        if lips is not None and len(lips):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and weights.lip_closure > 0):
+                per_frame = ((p[:, lips] - t[:, lips]) ** 2).mean(dim=(1, 2))
+                out["lip_closure"] = ((w - 1.0) * per_frame).mean()
+            if weights.lip_closure:
+                total = total + weights.lip_closure * out["lip_closure"]
+        else:
+            out["lip_closure"] = nan
     else:
         out["gap"] = nan
+        out["lip_closure"] = nan
     if phone_logits is not None and phone_labels is not None:
         out["phone"] = phone_loss(phone_logits, phone_labels)
         total = total + weights.phone * out["phone"]
