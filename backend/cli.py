@@ -37,13 +37,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _animate(args) -> int:
+    from .options import animate_options
+
+    # Refuse bad numbers before anything heavy (torch) is imported.
+    opts = animate_options(fps=args.fps, start=args.start, duration=args.duration, device=args.device,
+                           normalize=args.normalize, units=args.units)
     from .inference import Session, animate, write_result
 
     def progress(stage, fraction, message):
         print(f"[{fraction * 100:5.1f}%] {stage}: {message}", file=sys.stderr)
 
-    result = animate(args.mesh, args.audio, checkpoint=args.checkpoint, fps=args.fps, device=args.device,
-                     start=args.start, duration=args.duration, normalize=args.normalize, units=args.units,
+    result = animate(args.mesh, args.audio, checkpoint=args.checkpoint, fps=opts["fps"], device=opts["device"],
+                     start=opts["start"], duration=opts["duration"], normalize=opts["normalize"],
+                     units=opts["units"],
                      session=Session(cache_dir=args.cache_dir), progress=progress)
     path = write_result(result, args.out)
     t = result.meta["timings"]

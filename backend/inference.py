@@ -24,6 +24,7 @@ from .framing import fit_frame
 from .mesh_io import load_mesh, validate_mesh
 from .model import ScanTalk
 from .operator_cache import cache_key, get_operators
+from .options import animate_options
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,10 @@ def animate(mesh, audio, checkpoint=None, fps: float | None = None, device: str 
     `progress(stage, fraction, message)` is called as work advances; `cancel()` returning True
     stops the job with `Cancelled` at the next check.
     """
+    opts = animate_options(fps=fps, start=start, duration=duration, device=device, normalize=normalize,
+                           units=units)
+    fps, start, duration, device = opts["fps"], opts["start"], opts["duration"], opts["device"]
+    normalize, units = opts["normalize"], opts["units"]
     session = session or Session()
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -279,7 +284,7 @@ def animate(mesh, audio, checkpoint=None, fps: float | None = None, device: str 
                           f"or decimate the mesh") from exc
 
     offsets = frame.offsets_from_model(offsets)
-    out_fps = float(fps) if fps else float(cfg.fps)
+    out_fps = float(fps) if fps is not None else float(cfg.fps)
     offsets = resample_motion(offsets, cfg.fps, out_fps)
     timings["total"] = time.perf_counter() - t_all
     meta = {

@@ -15,8 +15,19 @@ import traceback
 
 from . import __version__
 from .errors import BadRequest, Cancelled, ScanTalkError
+from .options import animate_options, path_field
 
 log = logging.getLogger("backend.worker")
+
+
+def animate_request(req: dict) -> dict:
+    """The validated options of an animate request (BadRequest on anything wrong)."""
+    for key in ("mesh", "audio", "out"):
+        path_field(key, req.get(key))
+    path_field("checkpoint", req.get("checkpoint"), required=False)
+    return animate_options(fps=req.get("fps"), start=req.get("start"), duration=req.get("duration"),
+                           device=req.get("device"), normalize=req.get("normalize"), units=req.get("units"),
+                           dtype=req.get("dtype"))
 
 
 class Worker:
@@ -63,14 +74,11 @@ class Worker:
 
         rid = req["id"]
         try:
-            for key in ("mesh", "audio", "out"):
-                if not req.get(key):
-                    raise BadRequest(f"animate needs '{key}'")
+            opts = animate_request(req)
             result = animate(
-                req["mesh"], req["audio"], checkpoint=req.get("checkpoint"), fps=req.get("fps"),
-                device=req.get("device") or "auto", start=float(req.get("start") or 0.0),
-                duration=req.get("duration"), normalize=req.get("normalize") or "auto",
-                units=req.get("units"), session=self.session,
+                req["mesh"], req["audio"], checkpoint=req.get("checkpoint"), fps=opts["fps"],
+                device=opts["device"], start=opts["start"], duration=opts["duration"],
+                normalize=opts["normalize"], units=opts["units"], session=self.session,
                 progress=lambda stage, frac, msg: self.send(event="progress", id=rid, stage=stage,
                                                             fraction=round(frac, 4), message=msg),
                 cancel=lambda: rid in self.cancelled,
@@ -107,6 +115,11 @@ class Worker:
             self.send(event="error", id=rid, code="bad_request", message="every request needs a string 'id'")
             return True
         if cmd == "animate":
+            try:  # refuse bad options at once, not after the jobs queued before this one
+                animate_request(req)
+            except BadRequest as exc:
+                self.send(event="error", id=rid, code=exc.code, message=str(exc))
+                return True
             self.pending.add(rid)
             self.jobs.put(req)
         elif cmd == "cancel":

@@ -285,3 +285,83 @@ def test_preview_contact_sheet_is_a_png_and_picks_moving_frames(tmp_path):
     assert len(frames) == 4 and mag[frames[0]].max() == mag.max(axis=1).min()
     out = contact_sheet(v, f, offsets, 30.0, tmp_path / "p.png", n_frames=4)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- every number is validated ---------------------------------------------------------------
+
+BAD_OPTIONS = [
+    ({"fps": -5}, "fps must be at least 1"), ({"fps": 0}, "fps must be at least 1"),
+    ({"fps": float("nan")}, "finite"), ({"fps": float("inf")}, "finite"), ({"fps": 5000}, "at most 1000"),
+    ({"fps": "abc"}, "must be a number"), ({"fps": True}, "must be a number"),
+    ({"start": float("nan")}, "finite"), ({"start": 1e9}, "start must be at most"),
+    ({"start": -1e9}, "start must be at least"),
+    ({"duration": 0}, "duration must be at least 0.1"), ({"duration": -2}, "duration must be at least"),
+    ({"duration": float("inf")}, "finite"), ({"duration": 1e7}, "duration must be at most"),
+    ({"device": "gpu"}, "device must be one of"), ({"normalize": "yes"}, "normalize must be one of"),
+    ({"units": "km"}, "units must be one of"), ({"dtype": "int8"}, "dtype must be one of"),
+]
+
+
+@pytest.mark.parametrize("kw,msg", BAD_OPTIONS)
+def test_animate_options_refuse_bad_values(kw, msg):
+    from backend.errors import BadRequest
+    from backend.options import animate_options
+
+    with pytest.raises(BadRequest, match=msg):
+        animate_options(**kw)
+
+
+def test_animate_options_accept_good_values():
+    from backend.options import animate_options
+
+    o = animate_options(fps="24", start=-1.5, duration=3, device="cuda:1", units="mm", dtype="float16")
+    assert o == {"fps": 24.0, "start": -1.5, "duration": 3.0, "device": "cuda:1", "normalize": "auto",
+                 "units": "mm", "dtype": "float16"}
+    assert animate_options()["fps"] is None  # None: the model's native rate
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--fps", "-5"], "fps must be at least 1"), (["--fps", "0"], "fps must be at least 1"),
+    (["--fps", "nan"], "finite"), (["--fps", "1e6"], "at most 1000"),
+    (["--start", "inf"], "finite"), (["--duration", "0"], "duration must be at least"),
+    (["--duration", "-3"], "duration must be at least"),
+])
+def test_cli_refuses_bad_numbers_with_exit_code_2(tmp_path, env, args, msg):
+    cmd = [sys.executable, "-m", "backend", "animate", "--mesh", "m.obj", "--audio", "a.wav",
+           "--out", str(tmp_path / "o.npz"), *args]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert msg in p.stderr and "Traceback" not in p.stderr
+    assert not list(tmp_path.glob("o.npz*"))
+
+
+def test_library_animate_refuses_fps_zero(tmp_path):
+    from backend.errors import BadRequest
+
+    with pytest.raises(BadRequest, match="fps"):
+        animate(tmp_path / "m.obj", tmp_path / "a.wav", fps=0)
+
+
+def test_worker_answers_bad_numbers_with_error_events(tmp_path, env):
+    w = Worker(env)
+    try:
+        assert w.read()["event"] == "ready"
+        base = dict(cmd="animate", mesh=str(tmp_path / "m.npz"), audio=str(tmp_path / "a.wav"),
+                    out=str(tmp_path / "o.npz"))
+        for i, (kw, msg) in enumerate(BAD_OPTIONS):
+            if any(isinstance(v, float) and not np.isfinite(v) for v in kw.values()):
+                kw = {k: str(v) for k, v in kw.items()}  # JSON has no NaN/inf: sent as strings
+            w.send(id=f"b{i}", **{**base, **kw})
+            ev = w.until(f"b{i}")
+            assert ev["event"] == "error" and ev["code"] == "bad_request", ev
+            assert msg in ev["message"] or "finite" in ev["message"], (kw, ev)
+        w.send(id="m", cmd="animate", audio="a.wav", out="o.npz")
+        ev = w.until("m")
+        assert ev["code"] == "bad_request" and "'mesh' is required" in ev["message"]
+        w.send(id="s", cmd="shutdown")
+        w.until("s")
+        assert w.p.wait(timeout=60) == 0
+        assert not list(tmp_path.glob("o.npz*"))
+    finally:
+        if w.p.poll() is None:
+            w.p.kill()

@@ -1,0 +1,93 @@
+"""Validation of every option the CLI, the worker and the batch runner accept.
+
+Torch-free and cheap, so a bad request is refused before anything heavy is imported. Each
+problem raises `BadRequest` (protocol code `bad_request`, CLI exit code 2) with a message that
+says what was wrong and what is allowed.
+"""
+from __future__ import annotations
+
+import math
+
+from .errors import BadRequest
+
+# Limits: far beyond any real use, small enough that a typo (fps 3000, start 1e9) is caught.
+MIN_FPS, MAX_FPS = 1.0, 1000.0
+MAX_SECONDS = 6 * 3600.0  # longest clip (start/duration/audio length) accepted: 6 hours
+MIN_DURATION = 0.1  # seconds; the audio loader needs at least this much
+DEVICES = ("auto", "cpu", "cuda")
+NORMALIZE = ("auto", "none")
+UNITS = ("m", "dm", "cm", "mm", "in")
+DTYPES = ("float32", "float16")
+
+
+def number(name: str, value, *, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False, unit: str = "") -> float:
+    """`value` as a finite float within [lo, hi] (lo excluded if lo_open), else BadRequest."""
+    if isinstance(value, bool) or value is None:
+        raise BadRequest(f"{name} must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise BadRequest(f"{name} must be a number, got {value!r}") from None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise BadRequest(f"{name} must be a finite number, got {value}")
+    u = f" {unit}" if unit else ""
+    if lo is not None and (value < lo or (lo_open and value <= lo)):
+        rel = "greater than" if lo_open else "at least"
+        raise BadRequest(f"{name} must be {rel} {lo:g}{u}, got {value:g}")
+    if hi is not None and value > hi:
+        raise BadRequest(f"{name} must be at most {hi:g}{u}, got {value:g}")
+    return value
+
+
+def choice(name: str, value, allowed, default=None):
+    if value is None or value == "":
+        if default is None:
+            return None
+        value = default
+    if not isinstance(value, str) or value not in allowed:
+        raise BadRequest(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def device_name(value) -> str:
+    """auto, cpu, cuda or cuda:N."""
+    if value is None or value == "":
+        return "auto"
+    if isinstance(value, str) and value.startswith("cuda:") and value[5:].isdigit():
+        return value
+    return choice("device", value, DEVICES)
+
+
+def animate_options(fps=None, start=0.0, duration=None, device="auto", normalize="auto", units=None,
+                    dtype="float32") -> dict:
+    """Validated keyword arguments for `animate`: fps (None = the model's native rate) in
+    [1, 1000], start in [-6 h, 6 h] (negative: leading silence), duration (None = to the end) in
+    [0.1 s, 6 h], and the choices."""
+    out = {}
+    out["fps"] = None if fps is None else number("fps", fps, lo=MIN_FPS, hi=MAX_FPS, unit="frames per second")
+    out["start"] = 0.0 if start is None else number("start", start, lo=-MAX_SECONDS, hi=MAX_SECONDS, unit="s")
+    out["duration"] = None if duration is None else number("duration", duration, lo=MIN_DURATION,
+                                                           hi=MAX_SECONDS, unit="s")
+    out["device"] = device_name(device)
+    out["normalize"] = choice("normalize", normalize, NORMALIZE, "auto")
+    out["units"] = choice("units", units, UNITS)
+    out["dtype"] = choice("dtype", dtype, DTYPES, "float32")
+    return out
+
+
+def path_field(name: str, value, required: bool = True):
+    if value is None or value == "":
+        if required:
+            raise BadRequest(f"'{name}' is required")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"'{name}' must be a path string, got {value!r}")
+    if "\x00" in value:
+        raise BadRequest(f"'{name}' contains a NUL character")
+    return value
