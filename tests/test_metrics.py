@@ -222,3 +222,15 @@ def test_cli_module_entry_point_and_errors(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["n_sequences"] == 1
     assert (tmp_path / "o" / "per_sequence.csv").is_file() and not list((tmp_path / "o").glob("*.png"))
+
+
+def test_mouth_r_grouped_by_language(tmp_path):
+    from training.predict import by_group, clip_languages
+
+    (tmp_path / "clips.json").write_text(json.dumps({"clips": {
+        "a_sentence01": {"language": "de"}, "a_sentence02": {"language": "hu"}, "b_sentence01": {}}}))
+    langs = clip_languages(tmp_path / "clips.json")
+    assert langs == {"a_sentence01": "de", "a_sentence02": "hu", "b_sentence01": "en"}
+    got = by_group({"a_sentence01": 0.9, "a_sentence02": 0.7, "b_sentence01": float("nan"), "x": 0.1}, langs)
+    assert got == {"de": {"mouth_r_mean": 0.9, "n": 1}, "hu": {"mouth_r_mean": 0.7, "n": 1}}
+    assert clip_languages(tmp_path / "missing.json") == {}

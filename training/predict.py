@@ -110,13 +110,35 @@ def mouth_correlation(listing, pred_dir) -> dict:
         pooled_g.append(mg - mg.mean())
         pooled_p.append(mp - mp.mean())
     vals = np.array([v for v in per.values() if np.isfinite(v)])
-    return {
+    out = {
         "mouth_r_mean": float(vals.mean()) if vals.size else None,
         "mouth_r_median": float(np.median(vals)) if vals.size else None,
         "mouth_r_pooled": pearson(np.concatenate(pooled_g), np.concatenate(pooled_p)) if pooled_g else None,
         "n_sequences": int(vals.size),
         "per_sequence": per,
     }
+    langs = clip_languages(Path(listing.root) / "clips.json")
+    if len(set(langs.values())) > 1:
+        out["mouth_r_by_language"] = by_group(per, langs)
+    return out
+
+
+def clip_languages(clips_json) -> dict[str, str]:
+    """clip name -> language from the generator's clips.json (English when it names none)."""
+    path = Path(clips_json)
+    if not path.is_file():
+        return {}
+    clips = json.loads(path.read_text(encoding="utf-8")).get("clips", {})
+    return {name: c.get("language", "en") for name, c in clips.items()}
+
+
+def by_group(per: dict, group_of: dict) -> dict:
+    """{group: {"mouth_r_mean", "n"}} of the finite per-sequence values, by the group of each name."""
+    groups: dict[str, list] = {}
+    for name, v in per.items():
+        if name in group_of and np.isfinite(v):
+            groups.setdefault(group_of[name], []).append(v)
+    return {g: {"mouth_r_mean": float(np.mean(v)), "n": len(v)} for g, v in sorted(groups.items())}
 
 
 def main(argv=None) -> int:
