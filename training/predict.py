@@ -148,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--layout", default="general", choices=["general", "vocaset", "biwi", "multiface"])
     p.add_argument("--split", default="test", help="train, val, test, all, or subjects a,b,c")
+    p.add_argument("--every", type=int, default=1, metavar="N",
+                   help="keep every N-th clip of the split (a quicker, evenly spread subset)")
     p.add_argument("--out", required=True, help="folder for <clip name>.npy")
     p.add_argument("--faces-mesh", help="vocaset: FLAME mesh for the faces")
     p.add_argument("--lips-mask", help="lip indices (.mat 1-based lips_idx, or 0-based .npy/.txt)")
@@ -170,6 +172,12 @@ def main(argv=None) -> int:
 
     try:
         listing = _listing(args)
+        if args.every < 1:
+            raise ValueError(f"--every must be a positive whole number, not {args.every}")
+        if args.every > 1:
+            from dataclasses import replace
+
+            listing = replace(listing, clips=listing.clips[::args.every])
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         device = pick_device(args.device)
