@@ -3,9 +3,12 @@
 The zip holds, at its root (the extension layout Blender's installer expects):
   blender_manifest.toml, __init__.py and the add-on's modules   (from blender_addon/)
   bundled/backend/...                                            (the backend package, with assets/)
-  bundled/requirements.txt                                       (pyproject's dependencies)
+  bundled/torch.txt                                              (the torch pin: TORCH_PIN)
+  bundled/requirements.txt                                       (pyproject's other dependencies,
+                                                                  each with the tested upper bound)
 
-"Set up backend" pip-installs bundled/requirements.txt into a venv and points it at bundled/.
+"Set up backend" pip-installs the torch pin first (CPU or the CUDA build the user picks), then
+bundled/requirements.txt, into one venv per user; the add-on adds bundled/ to its import path.
 Pure zipfile: no Blender needed. Data under licences that forbid redistribution (FLAME, BIWI,
 VOCASET, official ScanTalk checkpoints) is never bundled, whatever lies in backend/assets.
 """
@@ -46,9 +49,31 @@ def manifest_version() -> str:
     return data["version"]
 
 
+# torch is installed first and pinned (tools/setup.sh pins the same version): a bare `torch`
+# would pull a multi-GB CUDA build on Linux and a CPU-only one on Windows.
+TORCH_PIN = "torch==2.13.0"
+# Upper bounds of the versions the backend is tested with (the next major version is untested).
+TESTED_BELOW = {"numpy": "3", "scipy": "2", "potpourri3d": "2", "robust-laplacian": "2", "transformers": "6",
+                "soundfile": "1", "platformdirs": "5", "plyfile": "2", "cholespy": "3"}
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].strip().lower()
+
+
 def requirements() -> list[str]:
+    """pyproject's dependencies without torch, each bounded: its lower bound from pyproject and
+    the tested upper bound (TESTED_BELOW) unless pyproject gives one."""
     data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    return list(data["project"]["dependencies"])
+    out = []
+    for req in data["project"]["dependencies"]:
+        name = _name(req)
+        if name == "torch":
+            continue
+        if "<" not in req and name in TESTED_BELOW:
+            req = f"{req},<{TESTED_BELOW[name]}" if re.search(r"[<>=~]", req) else f"{req}<{TESTED_BELOW[name]}"
+        out.append(req)
+    return out
 
 
 def _files(base: Path):
@@ -72,8 +97,12 @@ def entries() -> tuple[list[tuple[str, bytes]], list[str]]:
             skipped.append(name)
             continue
         out.append((name, p.read_bytes()))
-    reqs = "# Installed into the backend venv by 'Set up backend' (from pyproject.toml)\n" + "\n".join(requirements()) + "\n"
+    reqs = ("# Installed into the backend venv by 'Set up backend' after torch.txt (from pyproject.toml,\n"
+            "# with the tested upper bounds of build_addon.TESTED_BELOW)\n" + "\n".join(requirements()) + "\n")
     out.append((f"{BUNDLE}/requirements.txt", reqs.encode("utf-8")))
+    torch = ("# Installed first by 'Set up backend', from the index of the PyTorch build chosen in the\n"
+             "# preferences (CPU or CUDA); the same pin as tools/setup.sh\n" + TORCH_PIN + "\n")
+    out.append((f"{BUNDLE}/torch.txt", torch.encode("utf-8")))
     lic = ROOT / "LICENSE"
     if lic.is_file():
         out.append(("LICENSE", lic.read_bytes()))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 
 import bpy
 from bpy.props import EnumProperty, FloatProperty, StringProperty
@@ -427,12 +426,38 @@ def _poll_task():
     """bpy.app.timers callback: redraw preferences while the set-up runs."""
     _redraw()
     task = runtime.setup_task
-    return 0.5 if task is not None and task.state == "RUNNING" else None
+    if task is not None and task.state != "RUNNING":
+        runtime.forget_backend_status()
+        return None
+    return 0.5 if task is not None else None
+
+
+def online_access() -> tuple[bool, str]:
+    """(allowed, why not): Preferences > System > Network > Allow Online Access (Blender 4.2+)."""
+    if getattr(bpy.app, "online_access", True):
+        return True, ""
+    if getattr(bpy.app, "online_access_override", False):
+        return False, ("Blender was started offline (--offline-mode): start it without that option, or "
+                       "give Extra pip Arguments '--no-index --find-links <folder of wheels>'. Nothing was installed.")
+    return False, ("Online access is off: allow it in Edit > Preferences > System > Network > Allow Online "
+                   "Access, then press the button again (or give Extra pip Arguments '--no-index --find-links "
+                   "<folder of wheels>' to install offline). Nothing was installed.")
+
+
+def _setup_refusal() -> str:
+    """Why a set-up cannot start now ('' if it can)."""
+    t = runtime.setup_task
+    if t is not None and t.state == "RUNNING":
+        return "A set-up is already running"
+    if runtime.active is not None:
+        return "Wait for the running animation to finish (or cancel it) first"
+    return ""
 
 
 class SCANTALK_OT_setup_backend(bpy.types.Operator):
-    """Create a Python environment in the add-on's user folder and install the backend (PyTorch etc.)
-    into it with pip. Needs an internet connection and a few GB of disk"""
+    """Create the backend's Python environment (one per user, shared by every Blender version) and
+    install PyTorch (the build chosen in the preferences) and the backend's packages into it with pip.
+    Needs online access and a few GB of disk"""
 
     bl_idname = "scantalk.setup_backend"
     bl_label = "Set up backend"
@@ -443,28 +468,120 @@ class SCANTALK_OT_setup_backend(bpy.types.Operator):
         return t is None or t.state != "RUNNING"
 
     def execute(self, context):
-        p = prefs.get(context)
-        extra = shlex.split(p.pip_args) if p is not None and p.pip_args else []
-        bundle = runtime.bundle_dir()
         import sys
 
+        p = prefs.values(context)
+        why = _setup_refusal()
+        if why:
+            self.report({"ERROR"}, why)
+            return {"CANCELLED"}
+        try:
+            extra = backend_env.split_pip_args(p.pip_args)
+        except ValueError as exc:
+            self.report({"ERROR"}, f"Extra pip Arguments: {exc}: {p.pip_args}")
+            return {"CANCELLED"}
+        allowed, why = online_access()
+        if not allowed and not backend_env.works_offline(extra):
+            runtime.doctor_lines = [why]
+            self.report({"ERROR"}, why)
+            return {"CANCELLED"}
+        build = prefs.resolved_build(p.torch_build)[0]
+        try:
+            backend_env.torch_args(build, "torch", sys.platform)  # e.g. CUDA on macOS
+        except ValueError as exc:
+            self.report({"ERROR"}, f"PyTorch Build: {exc}")
+            return {"CANCELLED"}
         base = backend_env.base_python_for_venv(sys.executable)
+        runtime.stop_worker()  # the venv may be replaced (Windows cannot rename a folder in use)
         runtime.forget_backend_status()
-        runtime.setup_task = task = backend_env.SetupTask(base, runtime.venv_dir(), bundle, extra).start()
         runtime.doctor_lines = []
-        runtime.stop_worker()
+        runtime.setup_task = task = backend_env.SetupTask(
+            base, runtime.venv_dir(), runtime.bundle_dir(), extra, torch_build=build).start()
         if bpy.app.background:
             task.join()
-            level = "INFO" if task.state == "DONE" else "ERROR"
-            self.report({level}, task.message)
-            return {"FINISHED"} if task.state == "DONE" else {"CANCELLED"}
+            runtime.forget_backend_status()
+            if task.state != "DONE":
+                _report_lines(self, "ERROR", task.message)
+                return {"CANCELLED"}
+            self.report({"INFO"}, task.message)
+            return {"FINISHED"}
         bpy.app.timers.register(_poll_task, first_interval=0.5)
         self.report({"INFO"}, "Setting up the ScanTalk backend (progress in the add-on preferences)")
         return {"FINISHED"}
 
 
+class SCANTALK_OT_repair_backend(SCANTALK_OT_setup_backend):
+    """Build the backend's environment again from scratch (e.g. after changing the PyTorch build, or
+    when it is damaged); the current one is kept until the new one works"""
+
+    bl_idname = "scantalk.repair_backend"
+    bl_label = "Repair backend"
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_confirm(self, event)
+
+
+class SCANTALK_OT_remove_backend(bpy.types.Operator):
+    """Delete the backend's environment made by Set up backend (PyTorch and the other packages)"""
+
+    bl_idname = "scantalk.remove_backend"
+    bl_label = "Remove backend"
+
+    @classmethod
+    def poll(cls, context):
+        t = runtime.setup_task
+        return t is None or t.state != "RUNNING"
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_confirm(self, event)
+
+    def execute(self, context):
+        if runtime.active is not None:
+            self.report({"ERROR"}, "Wait for the running animation to finish (or cancel it) first")
+            return {"CANCELLED"}
+        runtime.stop_worker()
+        venv = runtime.venv_dir()
+        removed = backend_env.remove_backend(venv)
+        runtime.forget_backend_status()
+        runtime.doctor_lines = []
+        runtime.setup_task = None
+        if not removed:
+            self.report({"WARNING"}, f"No backend to remove in {venv}")
+            return {"CANCELLED"}
+        if os.path.exists(venv):
+            self.report({"ERROR"}, f"Could not remove all of {venv} (a file in use?)")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Removed the backend ({venv})")
+        return {"FINISHED"}
+
+
+class SCANTALK_OT_open_setup_log(bpy.types.Operator):
+    """Open the full log of the last set-up"""
+
+    bl_idname = "scantalk.open_setup_log"
+    bl_label = "Open Set-up Log"
+
+    target: EnumProperty(items=[("FILE", "File", "Open the log file with the system's text viewer"),
+                                ("TEXT", "Text Block", "Load the log into Blender's text editor")],
+                         default="FILE", options={"SKIP_SAVE"})
+
+    def execute(self, context):
+        path = backend_env.setup_log_path(runtime.venv_dir())
+        if not os.path.isfile(path):
+            self.report({"WARNING"}, "No set-up log yet")
+            return {"CANCELLED"}
+        if self.target == "FILE" and not bpy.app.background:
+            return bpy.ops.wm.path_open(filepath=path)
+        name = "scantalk-setup.log"
+        text = bpy.data.texts.get(name) or bpy.data.texts.new(name)
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text.from_string(f.read())
+        self.report({"INFO"}, f"The set-up log is in the text block '{name}' ({path})")
+        return {"FINISHED"}
+
+
 class SCANTALK_OT_cancel_setup(bpy.types.Operator):
-    """Stop setting up the backend"""
+    """Stop setting up the backend; nothing is changed"""
 
     bl_idname = "scantalk.cancel_setup"
     bl_label = "Cancel Setup"
@@ -521,7 +638,8 @@ class SCANTALK_OT_check_backend(bpy.types.Operator):
 
 
 classes = (SCANTALK_OT_animate, SCANTALK_OT_cancel, SCANTALK_OT_clear, SCANTALK_OT_export_fbx,
-           SCANTALK_OT_export_gltf, SCANTALK_OT_setup_backend, SCANTALK_OT_cancel_setup, SCANTALK_OT_check_backend)
+           SCANTALK_OT_export_gltf, SCANTALK_OT_setup_backend, SCANTALK_OT_repair_backend, SCANTALK_OT_remove_backend,
+           SCANTALK_OT_open_setup_log, SCANTALK_OT_cancel_setup, SCANTALK_OT_check_backend)
 
 
 def register():

@@ -36,7 +36,9 @@ def user_dir(sub: str) -> str:
 
 
 def venv_dir() -> str:
-    return user_dir("venv")
+    """The backend venv of Set up backend: one per user, outside Blender's per-version folders, so
+    every Blender version shares it ($SCANTALK_BACKEND_DIR overrides). Not created here."""
+    return backend_env.default_backend_dir()
 
 
 def cache_dir() -> str:

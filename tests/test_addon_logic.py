@@ -517,7 +517,16 @@ def test_build_addon_zip(tmp_path):
     assert "bundled/backend/__init__.py" in names and "bundled/backend/worker.py" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if build_addon.FORBIDDEN.search(n.split("/")[-1])]
-    assert "torch" in reqs and 'id = "scantalk"' in manifest
+    with zipfile.ZipFile(path) as zf:
+        zf_torch = zf.read("bundled/torch.txt").decode()
+    # torch only in torch.txt, pinned as tools/setup.sh pins it; everything else bounded both ways
+    torch = [l for l in zf_torch.splitlines() if l and not l.startswith("#")]
+    assert torch == [build_addon.TORCH_PIN] == [backend_env.DEFAULT_TORCH_PIN]
+    assert f'"{build_addon.TORCH_PIN}"' in (ROOT / "tools" / "setup.sh").read_text()
+    lines = [l for l in reqs.splitlines() if l and not l.startswith("#")]
+    assert lines and not [l for l in lines if "torch" in l]
+    assert all(">=" in l and "<" in l.split(">=", 1)[1] for l in lines), lines
+    assert 'id = "scantalk"' in manifest
     assert not [n for n in names if n.startswith(("tests/", "training/"))]
 
 
@@ -531,22 +540,168 @@ def test_build_never_bundles_licensed_files():
         assert not build_addon.FORBIDDEN.search(ok), ok
 
 
-def test_setup_task_makes_a_venv_that_imports_the_bundle(tmp_path):
-    """Set up backend, offline: a venv, pip (here only 'pip' itself is required: already satisfied,
-    no download), the .pth pointing at the bundle, and the probe; discovery then finds the venv."""
+def _venv_leftovers(target: Path) -> list[str]:
+    return sorted(p.name for p in target.parent.glob(target.name + "*") if not p.name.endswith("-setup.log"))
+
+
+def test_setup_task_builds_aside_moves_into_place_and_repair_keeps_it_on_failure(tmp_path):
+    """Set up backend, offline: local wheels (faketorch stands in for torch) found through a folder
+    with a space, built at <target>.new, moved into place, checked where it lives; the venv does not
+    point at the bundle (every Blender version appends its own). A venv still works after a rename
+    (the add-on only runs <venv>/python -I ...). A failing repair keeps the working venv."""
     import subprocess
 
-    bundle = _bundle(tmp_path, reqs=("pip",))
-    venv = tmp_path / "venv"
-    task = backend_env.SetupTask(sys.executable, str(venv), bundle).start()
-    assert task.join(300) == "DONE", task.message + "\n" + "\n".join(task.log[-20:])
-    assert task.fraction == 1.0 and "ready" in task.message.lower()
-    vpy = backend_env.venv_python(venv)
-    out = subprocess.run([str(vpy), "-c", "import backend; print(backend.__file__)"], capture_output=True,
-                         text=True, cwd=str(tmp_path / ".."))
-    assert out.returncode == 0 and out.stdout.strip().startswith(bundle), out
-    be = backend_env.resolve(venv_dir=str(venv), bundle_dir=bundle, env={})
-    assert be.source == "venv" and be.python == str(vpy) and not be.use_bundle  # the venv imports it itself
+    from tests.setup_helpers import make_bundle, make_wheels
+
+    wheels = make_wheels(tmp_path / "my wheels")
+    bundle = make_bundle(tmp_path / "addon")
+    target = tmp_path / "user data" / "backend"
+    extra = backend_env.split_pip_args(f'--no-index --find-links "{wheels[0].parent}"')
+    task = backend_env.SetupTask(sys.executable, str(target), bundle, extra, torch_build="CPU",
+                                 upgrade_pip=False).start()
+    assert task.join(600) == "DONE", task.message + "\n" + "\n".join(task.log[-30:])
+    assert task.fraction == 1.0 and "Backend ready" in task.message and "2.13.0" in task.message
+    assert _venv_leftovers(target) == ["backend"]  # no .new / .old
+    prog = task.progress
+    assert prog.files == {"faketorch", "scantalk-dep"} and prog.n_packages == 2
+    assert prog.total_bytes == sum(w.stat().st_size for w in wheels) and prog.fraction() == 1.0
+    marker = backend_env.read_marker(target)
+    assert marker["torch_build"] == "CPU" and marker["torch"] == "2.13.0"
+    log = Path(task.log_path).read_text()
+    assert "Successfully installed faketorch-2.13.0" in log and "download.pytorch.org/whl/cpu" in log
+    assert "--dry-run" in log and "To install: 2 packages" in log
+    be = backend_env.resolve(venv_dir=str(target), bundle_dir=bundle, env={})
+    assert be.source == "venv" and be.use_bundle and be.package_dir == str(Path(bundle, "backend").resolve())
+    # venvs are not relocatable in general, but `python -I` finds pyvenv.cfg beside itself
+    moved = tmp_path / "moved venv"
+    target.rename(moved)
+    mpy = backend_env.venv_python(moved)
+    backend_env.clear_cache()
+    info = backend_env.probe(str(mpy), bundle, backend_env.read_requirements(bundle), use_cache=False)
+    assert backend_env.usable(info) and info["backend_bundle"] == str(Path(bundle, "backend").resolve())
+    out = subprocess.run([str(mpy), "-I", "-c", "import sys, faketorch; print(sys.prefix)"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and out.stdout.strip() == str(moved), out
+    moved.rename(target)
+    # Repair with a requirement pip cannot find: the venv in place stays as it was
+    Path(bundle, "requirements.txt").write_text("surely-not-a-package-xyz==1.0\n")
+    task = backend_env.SetupTask(sys.executable, str(target), bundle, extra, upgrade_pip=False).start()
+    assert task.join(600) == "ERROR" and "surely-not-a-package-xyz" in task.message
+    assert _venv_leftovers(target) == ["backend"] and backend_env.read_marker(target) == marker
+    assert backend_env.remove_backend(target) and _venv_leftovers(target) == []
+
+
+def test_setup_failure_or_cancel_leaves_nothing(tmp_path):
+    from tests.setup_helpers import make_bundle, make_wheels
+
+    wheels = make_wheels(tmp_path / "wheels")
+    extra = ["--no-index", "--find-links", str(wheels[0].parent)]
+    bundle = make_bundle(tmp_path / "addon", reqs=("surely-not-a-package-xyz==1.0",))
+    target = tmp_path / "data" / "backend"
+    task = backend_env.SetupTask(sys.executable, str(target), bundle, extra, upgrade_pip=False).start()
+    assert task.join(600) == "ERROR", task.message
+    assert "surely-not-a-package-xyz" in task.message and _venv_leftovers(target) == []
+    assert "surely-not-a-package-xyz" in Path(task.log_path).read_text()  # the log stays for reading
+    # a cancel while the venv is being made
+    task = backend_env.SetupTask(sys.executable, str(target), make_bundle(tmp_path / "ok"), extra,
+                                 upgrade_pip=False).start()
+    deadline = time.time() + 120
+    while not task.new_dir.exists() and task.state == "RUNNING" and time.time() < deadline:
+        time.sleep(0.02)
+    task.cancel()
+    assert task.join(120) == "CANCELLED" and "nothing was changed" in task.message
+    assert _venv_leftovers(target) == []
+
+
+def test_torch_pip_args_per_platform_and_build():
+    pin = "torch==2.13.0"
+    cpu, cu = "https://download.pytorch.org/whl/cpu", "https://download.pytorch.org/whl/cu128"
+    assert backend_env.torch_args("CPU", pin, "linux") == [pin, "--index-url", cpu]
+    assert backend_env.torch_args("CU128", pin, "linux") == [pin, "--index-url", cu]
+    assert backend_env.torch_args("CPU", pin, "win32") == [pin]  # PyPI's Windows wheel is the CPU build
+    assert backend_env.torch_args("CU126", pin, "win32") == [pin, "--index-url", "https://download.pytorch.org/whl/cu126"]
+    assert backend_env.torch_args("CPU", pin, "darwin") == [pin]  # CPU + MPS
+    with pytest.raises(ValueError, match="macOS"):
+        backend_env.torch_args("CU128", pin, "darwin")
+    with pytest.raises(ValueError):
+        backend_env.torch_args("CU999", pin, "linux")
+    extra = backend_env.split_pip_args(r'--find-links "C:\Users\Jo Smith\wheels" --no-index', windows=True)
+    argv = backend_env.pip_argv(r"C:\B\backend\Scripts\python.exe", backend_env.torch_args("CU128", pin, "win32"), extra,
+                                raw_progress=True)
+    assert argv == [r"C:\B\backend\Scripts\python.exe", "-I", "-m", "pip", "install", "--disable-pip-version-check",
+                    "--no-input", "--progress-bar", "raw", pin, "--index-url", cu,
+                    "--find-links", r"C:\Users\Jo Smith\wheels", "--no-index"]
+    dry = backend_env.pip_argv("py", ["numpy>=1.24,<3"], [], report="r.json")
+    assert dry[dry.index("--progress-bar") + 1] == "off" and dry[-4:] == ["--dry-run", "--report", "r.json", "numpy>=1.24,<3"]
+    assert backend_env.works_offline(extra) and not backend_env.works_offline([])
+
+
+def test_extra_pip_args_keep_windows_paths():
+    split = backend_env.split_pip_args
+    assert split(r'--no-index --find-links "C:\Program Files\My Wheels\" -v', windows=True) == \
+        ["--no-index", "--find-links", "C:\\Program Files\\My Wheels\\", "-v"]
+    assert split(r"--find-links=D:\wheels\torch --cert C:\certs\corp.pem", windows=True) == \
+        [r"--find-links=D:\wheels\torch", "--cert", r"C:\certs\corp.pem"]
+    assert split(r'--find-links "/home/jo/my wheels" --index-url https://m.example/simple', windows=False) == \
+        ["--find-links", "/home/jo/my wheels", "--index-url", "https://m.example/simple"]
+    assert split("  ", windows=True) == [] and split("", windows=False) == []
+    with pytest.raises(ValueError):
+        split('--find-links "C:\\x', windows=True)
+    with pytest.raises(ValueError):
+        split('--find-links "/x', windows=False)
+
+
+def test_one_backend_dir_per_user_outside_blender():
+    d = backend_env.default_backend_dir
+    assert d({}, "linux", "/home/jo") == "/home/jo/.local/share/scantalk-blender/backend"
+    assert d({"XDG_DATA_HOME": "/data/jo"}, "linux", "/home/jo") == "/data/jo/scantalk-blender/backend"
+    assert d({}, "darwin", "/Users/jo") == "/Users/jo/Library/Application Support/scantalk-blender/backend"
+    win = d({"LOCALAPPDATA": r"C:\Users\Jo Smith\AppData\Local"}, "win32", r"C:\Users\Jo Smith")
+    assert win.replace("\\", "/") == "C:/Users/Jo Smith/AppData/Local/scantalk-blender/backend"
+    assert d({backend_env.BACKEND_DIR_VAR: "/tmp/st"}, "linux", "/home/jo") == "/tmp/st"
+    assert backend_env.setup_log_path("/a/backend") == "/a/backend-setup.log"
+
+
+def test_suggest_cuda_build_from_nvidia_smi():
+    smi = lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None  # noqa: E731
+    out = lambda ver: (lambda argv: f"| NVIDIA-SMI 570.1   Driver Version: 570.1   CUDA Version: {ver}  |")  # noqa: E731
+    sb = backend_env.suggest_build
+    assert sb("linux", which=lambda n: None)[0] == "CPU"
+    assert sb("linux", which=smi, run=out("12.8"))[0] == "CU128"
+    assert sb("win32", which=smi, run=out("12.6"))[0] == "CU126"
+    assert sb("linux", which=smi, run=out("13.2"))[0] == "CU130"
+    assert sb("linux", which=smi, run=out("11.8"))[0] == "CPU"  # driver too old: says so
+    assert sb("linux", which=smi, run=lambda argv: "garbage")[0] == backend_env.DEFAULT_CUDA_BUILD
+    assert sb("darwin", which=smi)[0] == "CPU"
+
+
+def test_pip_progress_counts_bytes_and_packages():
+    exp = [{"name": "torch", "size": 900_000_000}, {"name": "numpy", "size": 16_000_000},
+           {"name": "sympy", "size": None}]
+    p = backend_env.PipProgress(exp)
+    assert p.total_bytes == 916_000_000 and p.n_packages == 3
+    lines = ["Collecting torch==2.13.0",
+             "  Downloading https://download.pytorch.org/whl/cpu/torch-2.13.0%2Bcpu-cp311-cp311-manylinux_2_28_x86_64.whl (900.0 MB)",
+             "Progress 0 of 900000000", "Progress 450000000 of 900000000"]
+    for line in lines:
+        p.feed(line)
+    assert p.bytes_seen == 450_000_000 and 0.45 < p.fraction() < 0.5
+    assert "Downloading torch 450.0 MB of 900.0 MB" in p.text() and "package 1 of 3" in p.text()
+    assert not p.feed("Downloading sympy-1.13.0-py3-none-any.whl.metadata (12 kB)")  # not the package
+    p.feed("  Downloading sympy-1.13.0-py3-none-any.whl (6.2 MB)")  # pip 23 (no raw): torch is done
+    assert p.done_bytes == 900_000_000 and p.total_bytes == 922_200_000
+    p.feed("  Using cached numpy-2.1.0-cp311-cp311-manylinux_2_17_x86_64.whl (16.0 MB)")
+    p.feed("Installing collected packages: sympy, numpy, torch")
+    assert p.text().startswith("Installing 3 packages") and p.fraction() == 1.0
+    p.feed("Successfully installed numpy-2.1.0 sympy-1.13.0 torch-2.13.0+cpu")
+    assert p.installed == ["numpy-2.1.0", "sympy-1.13.0", "torch-2.13.0+cpu"] and not p.installing
+    assert backend_env.parse_size("(512 bytes)") == 512 and backend_env.parse_size("(1.5 GB)") == 1_500_000_000
+    assert backend_env.dist_name("robust_laplacian-1.1.0-cp311-cp311-win_amd64.whl") == "robust-laplacian"
+    assert backend_env.dist_name("plyfile-1.1.tar.gz") == "plyfile"
+    rep = {"install": [{"metadata": {"name": "Robust_Laplacian", "version": "1.1.0"},
+                        "download_info": {"url": "https://files.example/robust_laplacian-1.1.0.whl"}}]}
+    assert backend_env.report_packages(rep) == [{"name": "robust-laplacian", "version": "1.1.0",
+                                                 "url": "https://files.example/robust_laplacian-1.1.0.whl"}]
 
 
 # ---- results that fit an animator's workflow (no bpy) ------------------------------------------------
