@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--units", choices=["m", "dm", "cm", "mm", "in"], help="force the mesh's units")
     a.add_argument("--cache-dir", help="operator cache folder (default: $SCANTALK_CACHE_DIR or user cache)")
     a.add_argument("--preview", help="also write a PNG contact sheet of a few frames here")
+    a.add_argument("--rig-keys", help="also solve the weights of a shape-key rig (npz: names, deltas [K,V,3], "
+                                      "ranges [K,2]; docs/protocol.md) and add them to the result")
+    a.add_argument("--rig-csv", help="with --rig-keys: also write the weights as a Live Link Face CSV here")
+    a.add_argument("--rig-json", help="with --rig-keys: also write the weights and the fit report as JSON here")
+    a.add_argument("--rig-smooth", type=float, help="with --rig-keys: temporal smoothness (default 0.001)")
 
     s = sub.add_parser("serve", help="JSON-lines worker on stdin/stdout (see docs/protocol.md)")
     s.add_argument("--cache-dir")
@@ -37,9 +42,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _animate(args) -> int:
+    from .errors import BadRequest
     from .options import animate_options
 
     # Refuse bad numbers before anything heavy (torch) is imported.
+    if (args.rig_csv or args.rig_json or args.rig_smooth is not None) and not args.rig_keys:
+        raise BadRequest("--rig-csv, --rig-json and --rig-smooth need --rig-keys")
+    if args.rig_keys:
+        from .rig_solve import load_keys, rig_options
+
+        rig_options({"keys": args.rig_keys, "smooth": args.rig_smooth})
+        load_keys(args.rig_keys)  # a bad keys file fails before the model runs
     opts = animate_options(fps=args.fps, start=args.start, duration=args.duration, device=args.device,
                            normalize=args.normalize, units=args.units)
     from .inference import Session, animate, write_result
@@ -56,6 +69,13 @@ def _animate(args) -> int:
     print(f"wrote {path}: {result.offsets.shape[0]} frames at {result.fps:g} fps, "
           f"{result.offsets.shape[1]} vertices ({result.meta['device']}, {t['total']:.2f} s, "
           f"operators {result.meta['operators']}, {result.meta['decode_ms_per_frame']:.1f} ms/frame decode)")
+    if args.rig_keys:
+        from .rig_solve import format_report, rig_options, solve_result_file
+
+        ro = rig_options({"keys": args.rig_keys, "smooth": args.rig_smooth})
+        fit = solve_result_file(args.out, ro["keys_path"], smooth=ro["smooth"], csv_path=args.rig_csv,
+                                json_path=args.rig_json)
+        print(f"added rig weights to {args.out}: {format_report(fit.report)}")
     if args.preview:
         from .mesh_io import load_mesh
         from .preview import contact_sheet

@@ -16,6 +16,7 @@ import traceback
 from . import __version__
 from .errors import BadRequest, Cancelled, ScanTalkError
 from .options import animate_options, path_field
+from .rig_solve import rig_options
 
 log = logging.getLogger("backend.worker")
 
@@ -25,6 +26,7 @@ def animate_request(req: dict) -> dict:
     for key in ("mesh", "audio", "out"):
         path_field(key, req.get(key))
     path_field("checkpoint", req.get("checkpoint"), required=False)
+    rig_options(req.get("rig"))
     return animate_options(fps=req.get("fps"), start=req.get("start"), duration=req.get("duration"),
                            device=req.get("device"), normalize=req.get("normalize"), units=req.get("units"),
                            dtype=req.get("dtype"))
@@ -86,10 +88,12 @@ class Worker:
             if rid in self.cancelled:
                 raise Cancelled("cancelled")
             path = write_result(result, req["out"])
+            rig = self._rig(req, rid) if req.get("rig") else None
             self.send(event="progress", id=rid, stage="write", fraction=1.0, message="done")
             self.send(event="result", id=rid, out=str(path), frames=int(result.offsets.shape[0]),
                       vertices=int(result.offsets.shape[1]), fps=result.fps, device=result.meta["device"],
-                      timings=result.meta["timings"], warnings=result.meta["warnings"], meta=result.meta)
+                      timings=result.meta["timings"], warnings=result.meta["warnings"], meta=result.meta,
+                      **({"rig": rig} if rig else {}))
         except Cancelled:
             self.send(event="cancelled", id=rid)
         except ScanTalkError as exc:
@@ -98,6 +102,18 @@ class Worker:
             log.error("animate %s failed:\n%s", rid, traceback.format_exc())
             self.send(event="error", id=rid, code="internal",
                       message=f"internal error ({type(exc).__name__}: {exc}); see the worker log")
+
+    def _rig(self, req, rid) -> dict:
+        """Solve the rig named by the request's `rig` field for the result just written; the weights
+        go into the result file (docs/protocol.md). Returns the fit report."""
+        from .rig_solve import solve_result_file
+
+        opts = rig_options(req["rig"])
+        self.send(event="progress", id=rid, stage="rig", fraction=0.99, message="solving rig weights")
+        fit = solve_result_file(req["out"], opts["keys_path"], smooth=opts["smooth"], scale=opts["scale"],
+                                csv_path=opts["csv_path"], json_path=opts["json_path"],
+                                min_explained=opts["min_explained"], cancel=lambda: rid in self.cancelled)
+        return fit.report
 
     # ---- main thread --------------------------------------------------------------------
 
