@@ -8,7 +8,7 @@ import bpy
 from bpy.props import EnumProperty, FloatProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper
 
-from . import backend_env, pipeline, prefs, runtime, writeback
+from . import backend_env, pipeline, prefs, rig, runtime, writeback
 from .backend_env import BackendNotFound
 from .job import BACKEND_SHARE, CANCELLED, DONE, RUNNING, STAGE_LABELS, AnimateJob, esc_cancels
 from .mesh_export import AXES_ITEMS
@@ -101,6 +101,11 @@ class SCANTALK_OT_animate(bpy.types.Operator):
     smoothing: FloatProperty(name="Smoothing", default=0.0, min=0.0, max=20.0, options={"SKIP_SAVE"})
     max_error_mm: FloatProperty(name="Max Error (mm)", default=0.1, min=0.001, max=100.0, options={"SKIP_SAVE"})
     axes: EnumProperty(name="Axes", items=AXES_ITEMS, default="AUTO", options={"SKIP_SAVE"})
+    rig_keyset: EnumProperty(name="Keys", items=rig.KEYSET_ITEMS, default="ALL", options={"SKIP_SAVE"},
+                             description=DESCRIPTIONS["rig_keyset"])
+    rig_keys: StringProperty(name="Rig Keys", description=DESCRIPTIONS["rig_keys"], options={"SKIP_SAVE"})
+    rig_smooth: FloatProperty(name="Rig Smoothness", default=0.001, min=0.0, max=100.0, options={"SKIP_SAVE"})
+    companions: StringProperty(name="Jaw Followers", description=DESCRIPTIONS["companions"], options={"SKIP_SAVE"})
 
     _timer = None
 
@@ -339,11 +344,16 @@ def _exporting_only(context, obj):
         scene.frame_end = max(scene.frame_end, int(tag["frame_end"]) + 1)
     for o in old_sel:
         o.select_set(False)
-    obj.select_set(True)
+    followers = [o for o in (bpy.data.objects.get(c.get("object", "")) for c in (tag or {}).get("companions", []))
+                 if o is not None and o.name in context.view_layer.objects]
+    for o in [obj, *followers]:  # Rig mode: the jaw followers' keyed transforms go with the head
+        o.select_set(True)
     try:
         yield
     finally:
         scene.frame_start, scene.frame_end = old_range
+        for o in followers:
+            o.select_set(False)
         obj.select_set(False)
         for o in old_sel:
             o.select_set(True)
@@ -421,6 +431,93 @@ class SCANTALK_OT_export_gltf(bpy.types.Operator, _ExportBase):
                          f"into a scene of the same fps)")]
 
 
+class _RigExportBase(ExportHelper):
+    @classmethod
+    def poll(cls, context):
+        tag = writeback.result_info(context.active_object)
+        return bool(tag and tag.get("mode") == "RIG")
+
+    def text(self, obj) -> str:
+        raise NotImplementedError
+
+    def execute(self, context):
+        obj = context.active_object
+        try:
+            text = self.text(obj)
+        except writeback.WritebackError as exc:
+            self.report({"ERROR"}, f"ScanTalk: {exc}")
+            return {"CANCELLED"}
+        with open(self.filepath, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        self.report({"INFO"}, f"Exported {os.path.basename(self.filepath)}")
+        return {"FINISHED"}
+
+
+class SCANTALK_OT_export_rig_csv(bpy.types.Operator, _RigExportBase):
+    """Export the Rig result's weights as a CSV in the layout Live Link Face writes (Timecode,
+    BlendShapeCount, the 52 ARKit shapes in Apple's order, head and eye rotations)"""
+
+    bl_idname = "scantalk.export_rig_csv"
+    bl_label = "Export Live Link CSV"
+    filename_ext = ".csv"
+    filter_glob: StringProperty(default="*.csv", options={"HIDDEN"})
+
+    def text(self, obj):
+        names, W, start, fps = writeback.keyed_weights(obj)
+        return rig.live_link_csv(names, W, fps, start_frame=start)
+
+
+class SCANTALK_OT_export_rig_json(bpy.types.Operator, _RigExportBase):
+    """Export the Rig result's weights (every driven shape key, by name) and its fit error as JSON"""
+
+    bl_idname = "scantalk.export_rig_json"
+    bl_label = "Export Weights JSON"
+    filename_ext = ".json"
+    filter_glob: StringProperty(default="*.json", options={"HIDDEN"})
+
+    def text(self, obj):
+        names, W, start, fps = writeback.keyed_weights(obj)
+        tag = writeback.result_info(obj)
+        return rig.weights_json(names, W, fps, start, report=tag.get("fit"))
+
+
+class SCANTALK_OT_companion_add(bpy.types.Operator):
+    """Add a jaw follower slot (lower teeth, tongue); with other objects selected, add those"""
+
+    bl_idname = "scantalk.companion_add"
+    bl_label = "Add Jaw Follower"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return context.active_object is not None and context.active_object.type == "MESH"
+
+    def execute(self, context):
+        head = context.active_object
+        items = head.scantalk.companions
+        have = {c.object for c in items}
+        picked = [o for o in context.selected_objects if o != head and o not in have]
+        for o in picked or [None]:
+            items.add().object = o
+        return {"FINISHED"}
+
+
+class SCANTALK_OT_companion_remove(bpy.types.Operator):
+    """Remove this jaw follower (its keyed motion goes with the next Animate or Remove Animation)"""
+
+    bl_idname = "scantalk.companion_remove"
+    bl_label = "Remove Jaw Follower"
+    bl_options = {"REGISTER", "UNDO"}
+
+    index: bpy.props.IntProperty()
+
+    def execute(self, context):
+        items = context.active_object.scantalk.companions
+        if 0 <= self.index < len(items):
+            items.remove(self.index)
+        return {"FINISHED"}
+
+
 # ---- backend set-up -------------------------------------------------------------------------------
 def _poll_task():
     """bpy.app.timers callback: redraw preferences while the set-up runs."""
@@ -454,13 +551,9 @@ def _setup_refusal() -> str:
     return ""
 
 
-class SCANTALK_OT_setup_backend(bpy.types.Operator):
-    """Create the backend's Python environment (one per user, shared by every Blender version) and
-    install PyTorch (the build chosen in the preferences) and the backend's packages into it with pip.
-    Needs online access and a few GB of disk"""
-
-    bl_idname = "scantalk.setup_backend"
-    bl_label = "Set up backend"
+class _SetupBase:
+    """Set up and Repair: the same build (aside, moved into place when it works); two buttons.
+    (A registered operator class must not be subclassed by another: the shared part lives here.)"""
 
     @classmethod
     def poll(cls, context):
@@ -510,7 +603,16 @@ class SCANTALK_OT_setup_backend(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class SCANTALK_OT_repair_backend(SCANTALK_OT_setup_backend):
+class SCANTALK_OT_setup_backend(_SetupBase, bpy.types.Operator):
+    """Create the backend's Python environment (one per user, shared by every Blender version) and
+    install PyTorch (the build chosen in the preferences) and the backend's packages into it with pip.
+    Needs online access and a few GB of disk"""
+
+    bl_idname = "scantalk.setup_backend"
+    bl_label = "Set up backend"
+
+
+class SCANTALK_OT_repair_backend(_SetupBase, bpy.types.Operator):
     """Build the backend's environment again from scratch (e.g. after changing the PyTorch build, or
     when it is damaged); the current one is kept until the new one works"""
 
@@ -638,7 +740,8 @@ class SCANTALK_OT_check_backend(bpy.types.Operator):
 
 
 classes = (SCANTALK_OT_animate, SCANTALK_OT_cancel, SCANTALK_OT_clear, SCANTALK_OT_export_fbx,
-           SCANTALK_OT_export_gltf, SCANTALK_OT_setup_backend, SCANTALK_OT_repair_backend, SCANTALK_OT_remove_backend,
+           SCANTALK_OT_export_gltf, SCANTALK_OT_export_rig_csv, SCANTALK_OT_export_rig_json,
+           SCANTALK_OT_companion_add, SCANTALK_OT_companion_remove, SCANTALK_OT_setup_backend, SCANTALK_OT_repair_backend, SCANTALK_OT_remove_backend,
            SCANTALK_OT_open_setup_log, SCANTALK_OT_cancel_setup, SCANTALK_OT_check_backend)
 
 

@@ -26,14 +26,15 @@ def test_installed_extension_layout(addon):
     root = Path(addon.__file__).parent
     assert (root / "blender_manifest.toml").is_file()
     assert (root / "bundled" / "backend" / "worker.py").is_file()
-    assert (root / "bundled" / "requirements.txt").read_text().count("torch") == 1
+    assert "torch" not in (root / "bundled" / "requirements.txt").read_text().replace("after torch.txt", "")
+    assert "torch==" in (root / "bundled" / "torch.txt").read_text()
     assert addon.__name__ == PKG
     prefs = bpy.context.preferences.addons[PKG].preferences
     assert prefs.max_basis == 64 and prefs.device in ("auto", "cpu", "cuda")
     rt = __import__(PKG + ".runtime", fromlist=["x"])
     assert rt.bundle_dir() == str(root / "bundled")
-    venv = Path(rt.venv_dir())
-    assert venv.is_dir() and "scantalk" in venv.parts  # the extension's own user folder
+    venv = Path(rt.venv_dir())  # one per user, outside the per-version extension folder
+    assert "scantalk-blender" in venv.parts and not venv.is_relative_to(root.parent)
 
 
 def test_settings_defaults(scene):

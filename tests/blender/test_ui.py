@@ -90,21 +90,25 @@ def test_preferences_draw_setup_states(scene, addon):
 
     def draw():
         lay = Layout()
-        prefs_cls.draw(types.SimpleNamespace(layout=lay), bpy.context)
+        prefs_cls.draw(types.SimpleNamespace(layout=lay, torch_build="AUTO"), bpy.context)
         return lay
 
     lay = draw()
-    assert {"scantalk.setup_backend", "scantalk.check_backend"} <= set(lay.ops())
-    assert any("installs into" in t for t in lay.texts("label"))
+    if not benv.venv_python(rt.venv_dir()).exists():
+        assert {"scantalk.setup_backend", "scantalk.check_backend"} <= set(lay.ops())
+    assert any("Installs into" in t and "every Blender version" in t for t in lay.texts("label"))
+    assert any(t.startswith("Automatic: ") for t in lay.texts("label"))  # what AUTO resolves to, and why
+    assert "torch_build" in [a[1] for n, a, kw in lay.calls if n == "prop"]  # CPU or a CUDA build
     task = benv.SetupTask("python", "/nowhere", None)
-    task.state, task.fraction, task.message = "RUNNING", 0.3, "Collecting torch"
+    task.state, task.fraction = "RUNNING", 0.3
+    task.message = "Downloading torch 450.0 MB of 900.0 MB · 450.0 MB of 1.2 GB · package 1 of 30"
     rt.setup_task = task
     try:
         lay = draw()
-        assert [kw for n, a, kw in lay.calls if n == "progress"][0]["text"] == "Collecting torch"
-        assert "scantalk.cancel_setup" in lay.ops()
-        task.state, task.message = "ERROR", "Setup failed: pip could not reach the index\nmore detail"
-        assert "Setup failed: pip could not reach the index" in draw().texts("label")
+        assert [kw for n, a, kw in lay.calls if n == "progress"][0]["text"] == task.message
+        assert "scantalk.cancel_setup" in lay.ops() and "scantalk.remove_backend" not in lay.ops()
+        task.state, task.message = "ERROR", "Set-up failed: pip could not reach the index\nmore detail"
+        assert "Set-up failed: pip could not reach the index" in draw().texts("label")
     finally:
         rt.setup_task = None
 
