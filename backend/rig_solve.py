@@ -1,5 +1,5 @@
 """Drive an existing shape-key rig: per-frame weights of chosen keys that best reproduce per-vertex
-offsets. numpy + scipy only (no torch, no bpy): the CLI and the worker use it; the Blender add-on
+offsets. numpy only (no scipy, torch or bpy): the CLI and the worker use it; the Blender add-on
 asks the worker (docs/protocol.md, `animate` with a `rig` field).
 
     keys = RigKeys(names, deltas [K,V,3], ranges [K,2])          # or load_keys("keys.npz")
@@ -172,13 +172,32 @@ def _support(deltas: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.any(deltas.reshape(deltas.shape[0], -1) != 0, axis=0))
 
 
+def _dct(x: np.ndarray) -> np.ndarray:
+    """Orthonormal DCT-II along axis 0 (= scipy.fft.dct(x, 2, axis=0, norm="ortho")), numpy only."""
+    N = x.shape[0]
+    v = np.concatenate([x[0::2], x[1::2][::-1]], axis=0)
+    k = np.arange(N).reshape((N,) + (1,) * (x.ndim - 1))
+    X = (np.exp(-1j * np.pi * k / (2 * N)) * np.fft.fft(v, axis=0)).real * np.sqrt(2.0 / N)
+    X[0] /= np.sqrt(2.0)
+    return X
+
+
+def _idct(X: np.ndarray) -> np.ndarray:
+    """Inverse of _dct (orthonormal DCT-III along axis 0)."""
+    N = X.shape[0]
+    k = np.arange(N).reshape((N,) + (1,) * (X.ndim - 1))
+    Z = X * np.sqrt(2.0 / N)
+    Z[0] = Z[0] / np.sqrt(2.0)
+    U = np.zeros((2 * N,) + X.shape[1:], np.complex128)
+    U[:N] = Z * np.exp(1j * np.pi * k / (2 * N))
+    return np.fft.ifft(U, axis=0)[:N].real * (2 * N)
+
+
 def solve_weights(B: np.ndarray, G: np.ndarray, ranges: np.ndarray, smooth: float = DEFAULT_SMOOTH,
                   tol: float = 1e-5, max_iter: int = 2000, cancel=None) -> tuple[np.ndarray, dict]:
     """Box-constrained, temporally smoothed least squares from the normal equations:
     min sum_t (x_t G x_t - 2 b_t x_t) + lam |x_t - x_{t-1}|^2, ranges[:,0] <= x <= ranges[:,1].
     B [T,K], G [K,K]. Returns (X [T,K] float32 within the ranges, info)."""
-    from scipy.fft import dct, idct
-
     t0 = time.perf_counter()
     B = np.asarray(B, np.float64)
     T, K = B.shape
@@ -202,8 +221,7 @@ def solve_weights(B: np.ndarray, G: np.ndarray, ranges: np.ndarray, smooth: floa
     MG = lam * m[:, None] + g[None, :]
 
     def x_step(R, rho):
-        Rh = dct(R @ Q, type=2, axis=0, norm="ortho")
-        return idct(Rh / (MG + rho), type=2, axis=0, norm="ortho") @ Q.T
+        return _idct(_dct(R @ Q) / (MG + rho)) @ Q.T
 
     rho = float(np.sqrt(max(g.max(), 1e-12) * max(np.median(g), 1e-6)))
     X = x_step(B, 0.0 + 1e-9) if g.min() > 1e-6 else x_step(B, 1e-3)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import bpy
 import numpy as np
 
-from . import audio_source, basis, mesh_export, writeback
+from . import audio_source, basis, companions, mesh_export, rig, writeback
 from .audio_source import AudioSourceError
 from .mesh_export import MeshExportError
 from .properties import OBJECT_SETTINGS
@@ -47,6 +47,10 @@ class Settings:
     fit_frame_range: bool = True
     device: str = "auto"
     max_basis: int = 64
+    rig_keyset: str = "ALL"  # Rig mode: ALL, ARKIT or LIST
+    rig_keys: str = ""  # LIST: comma-separated shape-key names
+    rig_smooth: float = 0.001
+    companions: str = ""  # Rig mode: comma-separated objects that follow the jaw
 
     @classmethod
     def gather(cls, context, op=None, prefs=None) -> "Settings":
@@ -66,6 +70,8 @@ class Settings:
         if obj_settings is not None:
             for name in OBJECT_SETTINGS:
                 setattr(s, name, getattr(obj_settings, name))
+            s.companions = ", ".join(c.object.name for c in getattr(obj_settings, "companions", ())
+                                     if c.object is not None)
         if op is not None:
             props = op.properties
             if props.is_property_set("audio_path") or props.is_property_set("strip"):
@@ -74,6 +80,8 @@ class Settings:
             for name in OBJECT_SETTINGS:
                 if props.is_property_set(name):
                     setattr(s, name, getattr(op, name))
+            if "companions" in props.bl_rna.properties and props.is_property_set("companions"):
+                s.companions = op.companions
         if prefs is not None:
             s.device, s.max_basis = prefs.device, prefs.max_basis
         return s
@@ -89,6 +97,7 @@ class Prepared:
     fields: dict
     temp_dir: str
     warnings: list = field(default_factory=list)
+    rig: dict | None = None  # Rig mode: names, deltas_local, ranges, companions (object names)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
@@ -126,8 +135,40 @@ def prepare(context, settings: Settings) -> Prepared:
         raise
     fields = {"mesh": export.path, "out": os.path.join(tmp, "result.npz"), "checkpoint": ckpt or None,
               "device": settings.device, "normalize": "auto", **audio.request_fields()}
+    rig_input = None
+    if settings.mode == "RIG":
+        try:
+            rig_input = _prepare_rig(obj, settings, export, tmp, fields)
+        except Exception:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return Prepared(object_name=obj.name, scene_name=scene.name, settings=settings, export=export, audio=audio,
-                    fields=fields, temp_dir=tmp, warnings=[*audio.warnings, *export.warnings])
+                    fields=fields, temp_dir=tmp, warnings=[*audio.warnings, *export.warnings], rig=rig_input)
+
+
+def _prepare_rig(obj, settings: Settings, export, tmp: str, fields: dict) -> dict:
+    """Rig mode: the keys to drive (written for the worker, in the model frame) and the companions."""
+    prev = writeback.result_info(obj) or {}
+    try:
+        names, deltas, ranges = rig.collect_keys(obj, settings.rig_keyset, settings.rig_keys, prev.get("keys", ()))
+    except rig.RigSetupError as exc:
+        raise PipelineError(str(exc)) from exc
+    comps = []
+    for name in rig.split_list(settings.companions):
+        ob = bpy.data.objects.get(name)
+        if ob is None:
+            raise PipelineError(f"Jaw follower '{name}' does not exist.")
+        if ob == obj:
+            raise PipelineError(f"'{name}' is the head itself; jaw followers are other objects (lower teeth, tongue).")
+        if ob.rotation_mode == "AXIS_ANGLE":
+            raise PipelineError(f"Jaw follower '{name}' uses axis-angle rotation: set Quaternion or an Euler order.")
+        comps.append(ob.name)
+    R = export.rotation.astype(np.float32)
+    deltas_model = deltas @ R.T
+    path = os.path.join(tmp, "rig_keys.npz")
+    rig.save_keys_npz(path, names, deltas_model, ranges)
+    fields["rig"] = {"keys": path, "smooth": float(settings.rig_smooth), "scale": float(settings.strength)}
+    return {"names": names, "deltas_model": deltas_model, "ranges": ranges, "companions": comps}
 
 
 def metres_per_unit(meta: dict, neutral_local: np.ndarray) -> float:
@@ -157,13 +198,54 @@ def load_result(path: str) -> tuple[np.ndarray, float, dict]:
 
 @dataclass
 class Computed:
-    plan: basis.Plan
+    plan: basis.Plan | None
     metres_per_unit: float
     extra: dict
+    rig: rig.RigResult | None = None
+    jaw: np.ndarray | None = None  # Rig mode with companions: [T,4,4] head-local jaw transforms
+
+
+def _compute_rig(prep: Prepared, result: dict) -> Computed:
+    path = result.get("out") or prep.fields["out"]
+    try:
+        fit = rig.read_fit(path)
+        with np.load(path, allow_pickle=False) as d:
+            fps = float(d["fps"]) if "fps" in d else float("nan")
+            meta = json.loads(str(d["meta"])) if "meta" in d else {}
+    except (OSError, KeyError, ValueError) as exc:
+        raise PipelineError(f"Could not read the backend's rig weights from {path}: {exc}") from exc
+    if math.isfinite(fps) and abs(fps - prep.audio.fps) > 1e-3:
+        raise PipelineError(f"The backend returned {fps:g} fps for a {prep.audio.fps:g} fps scene.")
+    if fit.names != prep.rig["names"]:
+        raise PipelineError("The backend's rig weights are for other shape keys; run Animate again.")
+    s = prep.settings
+    W = fit.weights
+    if s.smoothing > 0:  # a Gaussian of weights within their ranges stays within them
+        W = basis.smooth_time(W, s.smoothing)
+    fit.weights = np.clip(W, fit.ranges[:, 0], fit.ranges[:, 1]).astype(np.float32)
+    jaw = None
+    if prep.rig["companions"]:
+        neutral_model = prep.export.neutral_local @ prep.export.rotation.T
+        region = companions.jaw_region(fit.names, prep.rig["deltas_model"], neutral_model)
+        jaw = companions.jaw_transforms(neutral_model, prep.rig["deltas_model"], fit.weights, region,
+                                        prep.export.rotation)
+    mpu = float(fit.report.get("metres_per_unit") or metres_per_unit(meta, prep.export.neutral_local))
+    extra = {
+        "audio": prep.audio.label, "audio_path": prep.audio.path if not prep.audio.temp else "(packed)",
+        "audio_start": prep.audio.start, "fps": prep.audio.fps, "axes": prep.export.axes,
+        "checkpoint": prep.fields.get("checkpoint") or "bundled", "metres_per_unit": mpu,
+        "device": result.get("device") or meta.get("device"), "model": meta.get("model"),
+        "strength": s.strength, "smoothing": s.smoothing, "rig_keyset": s.rig_keyset,
+        "fit": {k: fit.report.get(k) for k in ("lips_mean_mm", "lips_max_mm", "face_mean_mm", "face_max_mm",
+                                               "lips_explained", "lips_from")},
+    }
+    return Computed(plan=None, metres_per_unit=mpu, extra=extra, rig=fit, jaw=jaw)
 
 
 def compute(prep: Prepared, result: dict) -> Computed:
     """Read the backend's offsets and fit what to store. Plain numpy, no bpy: safe on a thread."""
+    if prep.settings.mode == "RIG":
+        return _compute_rig(prep, result)
     offsets, fps, meta = load_result(result.get("out") or prep.fields["out"])
     if math.isfinite(fps) and abs(fps - prep.audio.fps) > 1e-3:
         raise PipelineError(f"The backend returned {fps:g} fps for a {prep.audio.fps:g} fps scene.")
@@ -224,6 +306,8 @@ def write(context, prep: Prepared, computed: Computed, timings: dict | None = No
         if context.view_layer.objects.active == obj and bpy.ops.object.mode_set.poll():
             bpy.ops.object.mode_set(mode="OBJECT")
     s = prep.settings
+    if computed.rig is not None:
+        return _write_rig(context, prep, computed, obj, scene, timings)
     try:
         tag = writeback.write_plan(obj, computed.plan, computed.extra, timings=timings, progress=progress)
     except WritebackError as exc:
@@ -241,6 +325,30 @@ def write(context, prep: Prepared, computed: Computed, timings: dict | None = No
         detail = f"{tag['basis_size']} shape keys"
     return (f"Animated '{obj.name}' from {prep.audio.label}: frames {tag['frame_start']}-{tag['frame_end']} "
             f"({s.mode.lower()}, {detail}), on the NLA track '{tag['track']}'")
+
+
+def _write_rig(context, prep: Prepared, computed: Computed, obj, scene, timings) -> str:
+    fit = computed.rig
+    comps = []
+    prev = writeback.result_info(obj) or {}
+    prev_rest = {c.get("object"): c.get("rest") for c in prev.get("companions", [])}
+    try:
+        for name in prep.rig["companions"]:
+            ob = bpy.data.objects.get(name)
+            if ob is None:
+                raise PipelineError(f"Jaw follower '{name}' was deleted while the head was being animated.")
+            curves, rest = companions.object_curves(ob, obj, computed.jaw, prev_rest.get(name))
+            comps.append((ob, curves, rest))
+        tag = writeback.write_rig(obj, fit.names, fit.weights, fit.ranges, prep.audio.frame_start, computed.extra,
+                                  companions=comps, timings=timings)
+    except (WritebackError, ValueError) as exc:
+        raise PipelineError(str(exc)) from exc
+    if prep.settings.fit_frame_range and tag["frame_end"] > scene.frame_end:
+        scene.frame_end = tag["frame_end"]
+    follow = f", {len(comps)} jaw follower{'s' * (len(comps) != 1)}" if comps else ""
+    return (f"Animated '{obj.name}' from {prep.audio.label}: frames {tag['frame_start']}-{tag['frame_end']} "
+            f"(rig, {len(fit.names)} shape keys{follow}; {rig.fit_summary(fit.report)}), "
+            f"on the NLA track '{tag['track']}'")
 
 
 def apply_result(context, prep: Prepared, result: dict, timings: dict | None = None) -> str:

@@ -1,9 +1,11 @@
 """Settings shown in the ScanTalk panel: the audio per scene (`scene.scantalk`), how a head is
 animated per object (`object.scantalk`), so two heads in one scene keep their own."""
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, PointerProperty, StringProperty
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
+                       StringProperty)
 
 from .mesh_export import AXES_ITEMS
+from .rig import KEYSET_ITEMS
 from .writeback import MODE_ITEMS
 
 SOURCE_ITEMS = [
@@ -22,6 +24,11 @@ DESCRIPTIONS = {
     "max_error_mm": "Compact mode: largest allowed deviation from the exact result, in millimetres "
                     "at the head's real size",
     "axes": "How the head is modelled in its local space",
+    "rig_keyset": "Rig mode: which of the mesh's shape keys to drive",
+    "rig_keys": "Rig mode, List: the shape keys to drive, separated by commas",
+    "rig_smooth": "Rig mode: temporal smoothness of the weights (0 = none; a weight step costs this much "
+                  "relative to the same weight error in the fit)",
+    "companions": "Rig mode: objects that follow the jaw (lower teeth, tongue), comma-separated names",
 }
 
 
@@ -36,7 +43,19 @@ class ScanTalkSettings(bpy.types.PropertyGroup):
                                               "(never shortens it)")
 
 
-OBJECT_SETTINGS = ("checkpoint", "mode", "strength", "smoothing", "max_error_mm", "axes")
+OBJECT_SETTINGS = ("checkpoint", "mode", "strength", "smoothing", "max_error_mm", "axes", "rig_keyset", "rig_keys",
+                   "rig_smooth")
+
+
+def _not_the_head(self, obj):
+    return obj is not None and obj.type in ("MESH", "CURVE", "SURFACE", "EMPTY")
+
+
+class ScanTalkCompanion(bpy.types.PropertyGroup):
+    """An object that follows the jaw in Rig mode (lower teeth, tongue)."""
+
+    object: PointerProperty(name="Object", type=bpy.types.Object, poll=_not_the_head,
+                            description="Follows the jaw: a rigid transform fitted per frame to the jaw and chin")
 
 
 class ScanTalkObjectSettings(bpy.types.PropertyGroup):
@@ -51,10 +70,17 @@ class ScanTalkObjectSettings(bpy.types.PropertyGroup):
     max_error_mm: FloatProperty(name="Max Error (mm)", default=0.1, min=0.001, soft_max=1.0, max=100.0,
                                 precision=3, description=DESCRIPTIONS["max_error_mm"])
     axes: EnumProperty(name="Axes", items=AXES_ITEMS, default="AUTO", description=DESCRIPTIONS["axes"])
+    rig_keyset: EnumProperty(name="Keys", items=KEYSET_ITEMS, default="ALL", description=DESCRIPTIONS["rig_keyset"])
+    rig_keys: StringProperty(name="Rig Keys", description=DESCRIPTIONS["rig_keys"])
+    rig_smooth: FloatProperty(name="Rig Smoothness", default=0.001, min=0.0, soft_max=0.1, max=100.0, precision=4,
+                              description=DESCRIPTIONS["rig_smooth"])
+    companions: CollectionProperty(type=ScanTalkCompanion, name="Jaw Followers")
+    companion_index: IntProperty(default=0)
 
 
 def register():
     bpy.utils.register_class(ScanTalkSettings)
+    bpy.utils.register_class(ScanTalkCompanion)
     bpy.utils.register_class(ScanTalkObjectSettings)
     bpy.types.Scene.scantalk = PointerProperty(type=ScanTalkSettings)
     bpy.types.Object.scantalk = PointerProperty(type=ScanTalkObjectSettings)
@@ -64,4 +90,5 @@ def unregister():
     del bpy.types.Object.scantalk
     del bpy.types.Scene.scantalk
     bpy.utils.unregister_class(ScanTalkObjectSettings)
+    bpy.utils.unregister_class(ScanTalkCompanion)
     bpy.utils.unregister_class(ScanTalkSettings)

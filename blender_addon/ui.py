@@ -51,6 +51,8 @@ class VIEW3D_PT_scantalk(bpy.types.Panel):
             col.prop(ob, "mode")
             if ob.mode == "COMPACT":
                 col.prop(ob, "max_error_mm")
+            elif ob.mode == "RIG":
+                _draw_rig_settings(col, obj, ob)
             col.prop(ob, "strength")
             col.prop(ob, "smoothing")
             col.prop(ob, "axes")
@@ -74,13 +76,43 @@ class VIEW3D_PT_scantalk(bpy.types.Panel):
             box = layout.box()
             box.label(text=f"{tag['mode'].capitalize()}: frames {tag['frame_start']}-{tag['frame_end']}",
                       icon="SHAPEKEY_DATA")
-            box.label(text=f"{len(tag['keys'])} shape keys, {tag.get('audio', '')}")
+            if tag.get("mode") == "RIG":
+                box.label(text=f"{len(tag.get('driven', []))} of your shape keys keyed, {tag.get('audio', '')}")
+                fit = tag.get("fit") or {}
+                if fit.get("lips_mean_mm") is not None:
+                    box.label(text=f"Fit lips: {fit['lips_mean_mm']:.2f} mm mean, {fit['lips_max_mm']:.2f} mm max")
+                    box.label(text=f"Fit face: {fit['face_mean_mm']:.2f} mm mean, {fit['face_max_mm']:.2f} mm max")
+                for c in tag.get("companions", []):
+                    box.label(text=f"'{c['object']}' follows the jaw", icon="LINKED")
+            else:
+                box.label(text=f"{len(tag['keys'])} shape keys, {tag.get('audio', '')}")
             if tag.get("track"):
                 box.label(text=f"NLA track '{tag['track']}' of the shape keys: move the strip to re-time")
             row = box.row(align=True)
             row.operator("scantalk.export_fbx", icon="EXPORT")
             row.operator("scantalk.export_gltf", text="glTF")
+            if tag.get("mode") == "RIG":
+                row = box.row(align=True)
+                row.operator("scantalk.export_rig_csv", text="Live Link CSV")
+                row.operator("scantalk.export_rig_json", text="JSON")
             box.operator("scantalk.clear", icon="TRASH")
+
+
+def _draw_rig_settings(col, obj, ob):
+    col.prop(ob, "rig_keyset")
+    if ob.rig_keyset == "LIST":
+        col.prop(ob, "rig_keys", text="")
+    col.prop(ob, "rig_smooth")
+    box = col.box()
+    row = box.row()
+    row.label(text="Jaw Followers", icon="LINKED")
+    row.operator("scantalk.companion_add", text="", icon="ADD")
+    for i, c in enumerate(ob.companions):
+        r = box.row(align=True)
+        r.prop(c, "object", text="")
+        r.operator("scantalk.companion_remove", text="", icon="X").index = i
+    if not len(ob.companions):
+        box.label(text="Lower teeth, tongue: + adds the selected objects")
 
 
 def _wrap(text: str, width: int = 48) -> list[str]:

@@ -35,6 +35,8 @@ MODE_ITEMS = [
                            "within the max error of the exact result"),
     ("EXACT", "Exact", "One shape key per frame: exactly the model's output, but scrubbing slows down "
                        "with many frames (quadratic in the number of keys)"),
+    ("RIG", "Rig", "Key the weights of the shape keys the mesh already has (ARKit 52 or any set) that best "
+                   "reproduce the motion; no new keys"),
 ]
 LINEAR = 1  # Keyframe.interpolation enum value
 
@@ -100,11 +102,11 @@ def _fcurve_containers(key):
 
 
 
-def _action_fcurves(act, key):
+def _action_fcurves(act, key, id_type: str = "KEY"):
     """The F-curve collection of our new action: a slot of its own for the Key in 4.4+ (layered
     actions), the legacy `Action.fcurves` on 4.2."""
     if hasattr(act, "slots"):
-        slot = act.slots.new(id_type="KEY", name=key.name)
+        slot = act.slots.new(id_type=id_type, name=key.name)
         from bpy_extras import anim_utils
 
         ensure = getattr(anim_utils, "action_ensure_channelbag_for_slot", None)
@@ -119,14 +121,14 @@ def _action_fcurves(act, key):
     return act.fcurves
 
 
-def _new_fcurve(fcurves, path):
+def _new_fcurve(fcurves, path, index: int = 0):
     try:
-        return fcurves.new(path, index=0, group_name=GROUP)  # 5.0 channelbag
+        return fcurves.new(path, index=index, group_name=GROUP)  # 5.0 channelbag
     except TypeError:
         try:
-            return fcurves.new(path, index=0, action_group=GROUP)  # legacy Action.fcurves
+            return fcurves.new(path, index=index, action_group=GROUP)  # legacy Action.fcurves
         except TypeError:
-            return fcurves.new(path, index=0)
+            return fcurves.new(path, index=index)
 
 
 def _key_curve(fc, frames: np.ndarray, values: np.ndarray) -> None:
@@ -199,6 +201,33 @@ def _remove_result(obj, key, tag: dict) -> None:
         if act.users == 0:
             bpy.data.actions.remove(act)
     _remove_names(obj, key, set(tag.get("keys", [])))  # v1 curves live in the user's action
+    for c in tag.get("companions", []):  # Rig mode: the objects that follow the jaw
+        ob = bpy.data.objects.get(c.get("object", ""))
+        _remove_strips(ob, bpy.data.actions.get(c.get("action", "")), tag.get("track"))
+        for (path, index), v in zip(c.get("paths", []), c.get("rest", [])):  # back where it was
+            if ob is not None:
+                getattr(ob, path)[index] = v
+    for name, v in tag.get("rest_values", {}).items():  # Rig mode: the driven keys' own values
+        kb = key.key_blocks.get(name)
+        if kb is not None:
+            kb.value = v
+
+
+def _remove_strips(id_data, act, track_name) -> None:
+    """Our strips of `act` on `id_data`'s NLA, our track when it is empty, and `act` if unused."""
+    import bpy
+
+    if act is None:
+        return
+    ad = getattr(id_data, "animation_data", None) if id_data is not None else None
+    if ad is not None:
+        for track in list(ad.nla_tracks):
+            for strip in [s for s in track.strips if s.action == act]:
+                track.strips.remove(strip)
+            if track.name == track_name and not len(track.strips):
+                ad.nla_tracks.remove(track)
+    if act.users == 0:
+        bpy.data.actions.remove(act)
 
 
 def clear_result(obj) -> bool:
@@ -391,3 +420,119 @@ def _restore_active(obj, name) -> None:
         obj.active_shape_key_index = sk.key_blocks.find(name)
     elif sk is not None:
         obj.active_shape_key_index = 0
+
+
+def write_rig(obj, names, weights, ranges, frame_start: int, extra: dict | None = None,
+              companions=(), timings: dict | None = None) -> dict:
+    """Rig mode: key the values of the existing shape keys `names` with `weights` [T,K] (each
+    within its range [K,2]) in an action of our own on the ScanTalk NLA strip; no shape key is
+    added or changed. `companions`: (object, curves, rest) with curves [(data_path, index, values
+    [T])] keyed on that object the same way (its own action and strip). The previous result is
+    replaced only once everything is built. Returns the tag."""
+    import bpy
+
+    t0 = time.perf_counter()
+    tm = {} if timings is None else timings
+    _check_target(obj)
+    key = obj.data.shape_keys
+    missing = [n for n in names if key is None or n not in key.key_blocks]
+    if missing:
+        raise WritebackError(f"'{obj.name}' has no shape key {', '.join(missing[:5])} any more; run Animate again.")
+    W = np.asarray(weights, np.float32)
+    T, K = W.shape
+    frame_start = int(frame_start)
+    frames = np.arange(frame_start - 1, frame_start + T + 1, dtype=np.float32)
+    rest = np.clip(0.0, ranges[:, 0], ranges[:, 1]).astype(np.float32)  # outside the clip: neutral
+    prev = read_tag(key)
+    prev_active = obj.active_shape_key.name if obj.active_shape_key else None
+    # the driven keys' own values, restored by Remove Animation (a re-run keeps the first ones)
+    rest_values = {n: float(key.key_blocks[n].value) for n in names}
+    rest_values.update({n: v for n, v in ((prev or {}).get("rest_values") or {}).items() if n in rest_values})
+    built = []  # (id, action)
+    try:
+        act = bpy.data.actions.new(name=f"{TEMP}{obj.name}")
+        built.append((key, act))
+        fcurves = _action_fcurves(act, key)
+        for i, name in enumerate(names):
+            vals = np.empty(T + 2, np.float32)
+            vals[1:-1] = W[:, i]
+            vals[0] = vals[-1] = rest[i]
+            _key_curve(_new_fcurve(fcurves, _key_path(name)), frames, vals)
+        for ob, curves, rest_vals in companions:
+            cact = bpy.data.actions.new(name=f"{TEMP}{ob.name}")
+            built.append((ob, cact))
+            cf = _action_fcurves(cact, ob, id_type="OBJECT")
+            for (path, index, values), r in zip(curves, rest_vals):
+                vals = np.empty(T + 2, np.float32)
+                vals[1:-1] = values
+                vals[0] = vals[-1] = r
+                _key_curve(_new_fcurve(cf, path, index), frames, vals)
+    except BaseException:
+        for _, a in built:
+            bpy.data.actions.remove(a)
+        raise
+    tm["fcurves"] = time.perf_counter() - t0
+    created_animdata = bool(prev and prev.get("created_animdata"))
+    created_basis = bool(prev and prev.get("created_basis"))
+    if prev:
+        _remove_result(obj, key, prev)
+        if prev.get("version", 1) < 2:
+            _drop_created(obj, key, {"created_action": prev.get("created_action")})
+    act.name = f"{PREFIX}{obj.name}"
+    if key.animation_data is None:
+        key.animation_data_create()
+        created_animdata = True
+    track, strip = _place_strip(key, act, int(frames[0]))
+    comp = []
+    for (ob, cact), (_, curves, rest_vals) in zip(built[1:], companions):
+        cact.name = f"{PREFIX}{ob.name}"
+        if ob.animation_data is None:
+            ob.animation_data_create()
+        _place_strip(ob, cact, int(frames[0]))
+        comp.append({"object": ob.name, "action": cact.name, "paths": [[p, i] for p, i, _ in curves],
+                     "rest": list(rest_vals)})
+    tag = {
+        "version": 2, "mode": "RIG", "keys": [], "driven": list(names), "frames": T,
+        "frame_start": frame_start, "frame_end": frame_start + T - 1, "basis_size": K, "max_error": None,
+        "action": act.name, "track": track.name, "strip": strip.name, "companions": comp,
+        "rest_values": rest_values,
+        "created_basis": created_basis, "created_animdata": created_animdata, **(extra or {}),
+    }
+    key[TAG] = json.dumps(tag)
+    _restore_active(obj, prev_active)
+    obj.data.update()
+    tm["total"] = time.perf_counter() - t0
+    return tag
+
+
+def _all_fcurves(act) -> list:
+    """Every F-curve of an action (layered 4.4+ or legacy)."""
+    if act is None:
+        return []
+    if hasattr(act, "layers") and len(act.layers):
+        return [fc for layer in act.layers for strip in layer.strips
+                for cb in getattr(strip, "channelbags", []) for fc in cb.fcurves]
+    return list(act.fcurves) if hasattr(act, "fcurves") else []
+
+
+def keyed_weights(obj) -> tuple[list, np.ndarray, int, float]:
+    """A Rig-mode result as keyed: (shape-key names, weights [T,K], first frame, fps)."""
+    import bpy
+
+    tag = result_info(obj)
+    if not tag or tag.get("mode") != "RIG":
+        raise WritebackError(f"'{getattr(obj, 'name', obj)}' has no ScanTalk Rig result: animate it in Rig mode first.")
+    act = bpy.data.actions.get(tag.get("action", ""))
+    curves = {fc.data_path: fc for fc in _all_fcurves(act)}
+    names = list(tag["driven"])
+    T = int(tag["frames"])
+    W = np.zeros((T, len(names)), np.float32)
+    for i, n in enumerate(names):
+        fc = curves.get(_key_path(n))
+        if fc is None:
+            raise WritebackError(f"The ScanTalk action has no curve for '{n}' any more.")
+        co = np.empty(len(fc.keyframe_points) * 2, np.float32)
+        fc.keyframe_points.foreach_get("co", co)
+        co = co.reshape(-1, 2)
+        W[:, i] = np.interp(np.arange(T) + tag["frame_start"], co[:, 0], co[:, 1])
+    return names, W, int(tag["frame_start"]), float(tag.get("fps") or 24.0)

@@ -157,3 +157,25 @@ def test_rig_options_validation(tmp_path):
 def test_no_torch_import():
     code = "import sys, backend.rig_solve; assert 'torch' not in sys.modules and 'bpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_dct_matches_scipy():
+    fft = pytest.importorskip("scipy.fft")
+    for n in (1, 2, 7, 64, 301):
+        x = np.random.default_rng(n).standard_normal((n, 5))
+        np.testing.assert_allclose(rs._dct(x), fft.dct(x, type=2, axis=0, norm="ortho"), atol=1e-12)
+        np.testing.assert_allclose(rs._idct(rs._dct(x)), x, atol=1e-12)
+
+
+def test_addon_copy_of_the_arkit_table_agrees():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("st_rig_copy", ROOT / "blender_addon" / "rig.py")
+    m = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = m  # dataclasses look their module up
+    spec.loader.exec_module(m)  # no bpy at import
+    assert m.ARKIT_52 == rs.ARKIT_52 and m.LIVE_LINK_HEADER == rs.LIVE_LINK_HEADER
+    names = ["jawOpen", "browInnerUp_L", "browInnerUp_R", "EyeBlinkLeft", "mouth_smile_l", "other"]
+    assert m.arkit_columns(names) == rs.arkit_columns(names)
+    W = np.random.default_rng(1).random((7, len(names))).astype(np.float32)
+    assert m.live_link_csv(names, W, 24.0, 3) == rs.live_link_csv(names, W, 24.0, 3)
