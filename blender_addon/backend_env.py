@@ -452,7 +452,7 @@ def suggest_build(platform: str | None = None, which=None, run=None) -> tuple[st
     if not smi:
         return "CPU", "no NVIDIA GPU found"
     try:
-        out = (run or (lambda argv: subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout))([smi])
+        out = (run or (lambda argv: subprocess.run(argv, capture_output=True, text=True, timeout=5).stdout))([smi])
     except Exception:
         out = ""
     ver = parse_cuda_version(out)
@@ -766,9 +766,15 @@ class SetupTask:
 
     def _dry_run(self, vpy, args, raw) -> list[dict]:
         report = Path(private_workdir(), f"pip-report-{os.getpid()}-{id(self)}.json")
+        prog, head = PipProgress(), self.message
+
+        def on_line(line):  # an index without separate metadata makes pip download whole files here
+            if prog.feed(line) and prog.current:
+                self.message = f"{head}: {prog.text()}"
+            return line.startswith("Progress ")
+
         try:
-            self._run_cmd(pip_argv(vpy, args, self.extra_args, raw_progress=raw, report=str(report)),
-                          on_line=lambda l: l.startswith("Progress "))
+            self._run_cmd(pip_argv(vpy, args, self.extra_args, raw_progress=raw, report=str(report)), on_line=on_line)
             return report_packages(json.loads(report.read_text(encoding="utf-8")))
         finally:
             report.unlink(missing_ok=True)
