@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 
+PREVIEW_SECONDS = 120.0
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m backend", description="ScanTalk: make any face mesh speak.")
@@ -25,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto: detect units and centre the head like the training data; none: as is")
     a.add_argument("--units", choices=["m", "dm", "cm", "mm", "in"], help="force the mesh's units")
     a.add_argument("--cache-dir", help="operator cache folder (default: $SCANTALK_CACHE_DIR or user cache)")
+    a.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                   help="storage of the offsets; float16 halves the file (error: docs/protocol.md)")
     a.add_argument("--preview", help="also write a PNG contact sheet of a few frames here")
     a.add_argument("--rig-keys", help="also solve the weights of a shape-key rig (npz: names, deltas [K,V,3], "
                                       "ranges [K,2]; docs/protocol.md) and add them to the result")
@@ -54,20 +57,19 @@ def _animate(args) -> int:
         rig_options({"keys": args.rig_keys, "smooth": args.rig_smooth})
         load_keys(args.rig_keys)  # a bad keys file fails before the model runs
     opts = animate_options(fps=args.fps, start=args.start, duration=args.duration, device=args.device,
-                           normalize=args.normalize, units=args.units)
-    from .inference import Session, animate, write_result
+                           normalize=args.normalize, units=args.units, dtype=args.dtype)
+    from .inference import Session, animate_to_file
 
     def progress(stage, fraction, message):
         print(f"[{fraction * 100:5.1f}%] {stage}: {message}", file=sys.stderr)
 
-    result = animate(args.mesh, args.audio, checkpoint=args.checkpoint, fps=opts["fps"], device=opts["device"],
-                     start=opts["start"], duration=opts["duration"], normalize=opts["normalize"],
-                     units=opts["units"],
-                     session=Session(cache_dir=args.cache_dir), progress=progress)
-    path = write_result(result, args.out)
+    result = animate_to_file(args.mesh, args.audio, args.out, checkpoint=args.checkpoint, fps=opts["fps"],
+                             device=opts["device"], start=opts["start"], duration=opts["duration"],
+                             normalize=opts["normalize"], units=opts["units"], dtype=opts["dtype"],
+                             session=Session(cache_dir=args.cache_dir), progress=progress)
     t = result.meta["timings"]
-    print(f"wrote {path}: {result.offsets.shape[0]} frames at {result.fps:g} fps, "
-          f"{result.offsets.shape[1]} vertices ({result.meta['device']}, {t['total']:.2f} s, "
+    print(f"wrote {result.path}: {result.frames} frames at {result.fps:g} fps, "
+          f"{result.vertices} vertices ({result.meta['device']}, {t['total']:.2f} s, "
           f"operators {result.meta['operators']}, {result.meta['decode_ms_per_frame']:.1f} ms/frame decode)")
     if args.rig_keys:
         from .rig_solve import format_report, rig_options, solve_result_file
@@ -79,11 +81,18 @@ def _animate(args) -> int:
     if args.preview:
         from .mesh_io import load_mesh
         from .preview import contact_sheet
+        from .result_file import open_result
 
         verts, faces = load_mesh(args.mesh)
-        contact_sheet(verts, faces, result.offsets, result.fps, args.preview, audio=args.audio,
-                      start=args.start, duration=args.duration)
-        print(f"wrote preview {args.preview}")
+        with open_result(result.path) as r:
+            # A long clip is previewed over its first PREVIEW_SECONDS: the sheet reads those
+            # frames only, never the whole result.
+            n = min(r.n_frames, max(2, int(PREVIEW_SECONDS * r.fps)))
+            offsets = r.frames(0, n)
+        duration = args.duration if n == result.frames else n / result.fps
+        contact_sheet(verts, faces, offsets, result.fps, args.preview, audio=args.audio,
+                      start=args.start, duration=duration)
+        print(f"wrote preview {args.preview}" + (f" (first {n / result.fps:.0f} s)" if n < result.frames else ""))
     return 0
 
 

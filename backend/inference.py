@@ -19,12 +19,12 @@ from .audio_encoders import SAMPLE_RATE
 from .audio_io import load_audio
 from .checkpoint import load_model
 from .diffusionnet import TorchOperators
-from .errors import Cancelled, DeviceError, NoCheckpoint, ScanTalkError
+from .errors import BadRequest, Cancelled, DeviceError, NoCheckpoint, ScanTalkError
 from .framing import fit_frame
 from .mesh_io import load_mesh, validate_mesh
 from .model import ScanTalk
 from .operator_cache import cache_key, get_operators
-from .options import animate_options
+from .options import MAX_SECONDS, animate_options
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ class Result:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    if name.startswith("cuda:") and name[5:].isdigit():
+        if not torch.cuda.is_available() or int(name[5:]) >= torch.cuda.device_count():
+            raise DeviceError(f"{name} was requested but this PyTorch sees "
+                              f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} CUDA GPU(s)")
+        return torch.device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -191,31 +196,99 @@ def chunk_size(n_vertices: int, width: int, device: torch.device) -> int:
     return max(1, int(2 * 2**30 // per_frame))
 
 
-def animate(mesh, audio, checkpoint=None, fps: float | None = None, device: str = "auto",
-            start: float = 0.0, duration: float | None = None, normalize: str = "auto",
-            units: str | None = None, session: Session | None = None, progress=None, cancel=None) -> Result:
-    """Predict offsets for `mesh` (path or (vertices, faces)) speaking `audio` (path).
+class StreamResampler:
+    """`resample_motion` for frames arriving in chunks: push native-rate chunks in order, get
+    the output frames they complete. Needs only the last native frame of the previous chunk."""
 
-    `progress(stage, fraction, message)` is called as work advances; `cancel()` returning True
-    stops the job with `Cancelled` at the next check.
-    """
+    def __init__(self, n_in: int, fps_in: float, fps_out: float):
+        self.n_in = n_in
+        self.identity = abs(fps_in - fps_out) < 1e-9 or n_in < 2
+        if self.identity:
+            self.n_out = n_in
+        else:
+            duration = (n_in - 1) / fps_in
+            self.n_out = int(math.floor(duration * fps_out + 1e-6)) + 1
+            self.t = np.arange(self.n_out) / fps_out * fps_in
+            self.i0 = np.clip(np.floor(self.t).astype(int), 0, n_in - 1)
+            self.i1 = np.clip(self.i0 + 1, 0, n_in - 1)
+        self.base = 0  # native index of the next chunk's first frame
+        self.next_out = 0
+        self.prev = None  # the last native frame pushed, [1, V, 3]
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        n = len(chunk)
+        if self.identity:
+            self.base += n
+            return chunk
+        end = self.base + n
+        j1 = int(np.searchsorted(self.i1, end - 1, side="right"))  # i1 is non-decreasing
+        j0 = self.next_out
+        if self.prev is not None:
+            buf, origin = np.concatenate([self.prev, chunk]), self.base - 1
+        else:
+            buf, origin = chunk, self.base
+        i0, i1 = self.i0[j0:j1] - origin, self.i1[j0:j1] - origin
+        w = (self.t[j0:j1] - self.i0[j0:j1]).astype(np.float32)[:, None, None]
+        out = (buf[i0] * (1 - w) + buf[i1] * w).astype(np.float32)
+        self.prev = chunk[-1:].copy() if n else self.prev
+        self.base, self.next_out = end, j1
+        return out
+
+
+@dataclass
+class _Prepared:
+    """Everything decoded frames need: the job after its audio and geometry are encoded."""
+
+    model: ScanTalk
+    ops: TorchOperators
+    geom: torch.Tensor
+    audio_lat: torch.Tensor  # [T_native, L]: small, kept whole (the BiLSTM sees the whole clip)
+    frame: object
+    n_vertices: int
+    n_native: int
+    out_fps: float
+    meta: dict
+    timings: dict
+
+
+class ArraySink:
+    """Collects the frames in memory (the `animate` function's `Result`)."""
+
+    def __init__(self, n_frames: int, n_vertices: int):
+        self.offsets = np.empty((n_frames, n_vertices, 3), np.float32)
+        self.written = 0
+
+    def write(self, chunk):
+        self.offsets[self.written:self.written + len(chunk)] = chunk
+        self.written += len(chunk)
+
+
+# Decoded frames are handed to the sink in blocks of about this many bytes: few, large writes;
+# memory stays bounded whatever the clip length.
+WRITE_BLOCK_BYTES = 32 * 2**20
+
+
+def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units, session,
+         progress, cancel, make_sink, dtype="float32"):
+    """The streaming pipeline shared by `animate` and `animate_to_file`: encode the audio and the
+    neutral mesh, then decode chunks of frames into `make_sink(n_frames, n_vertices)` (an object
+    with `write(float32 [t, V, 3])`). Returns (sink, fps, meta). Nothing here holds all frames."""
     opts = animate_options(fps=fps, start=start, duration=duration, device=device, normalize=normalize,
-                           units=units)
+                           units=units, dtype=dtype)
     fps, start, duration, device = opts["fps"], opts["start"], opts["duration"], opts["device"]
     normalize, units = opts["normalize"], opts["units"]
     session = session or Session()
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
-    def step(stage, message=""):
-        if cancel is not None and cancel():
-            raise Cancelled("cancelled")
-        if progress is not None:
-            progress(stage, STAGES[stage], message)
-
     def check():
         if cancel is not None and cancel():
             raise Cancelled("cancelled")
+
+    def step(stage, message=""):
+        check()
+        if progress is not None:
+            progress(stage, STAGES[stage], message)
 
     t = time.perf_counter()
     if isinstance(mesh, (str, Path)):
@@ -227,6 +300,13 @@ def animate(mesh, audio, checkpoint=None, fps: float | None = None, device: str 
     step("load_mesh", f"{len(verts)} vertices")
 
     t = time.perf_counter()
+    if duration is None:  # refuse hours-long files before decoding them
+        from .audio_io import audio_duration
+
+        length = audio_duration(audio) - max(start, 0.0)
+        if length > MAX_SECONDS:
+            raise BadRequest(f"the audio runs {length / 3600:.1f} h from the start point; at most "
+                             f"{MAX_SECONDS / 3600:g} h is animated at once: set a duration or split the file")
     samples = load_audio(audio, start=start, duration=duration)
     timings["load_audio"] = time.perf_counter() - t
     step("load_audio", f"{len(samples) / SAMPLE_RATE:.2f} s of audio")
@@ -244,6 +324,8 @@ def animate(mesh, audio, checkpoint=None, fps: float | None = None, device: str 
     warnings = input_warnings(model_verts, cfg.frame_size, len(verts))
     for w in warnings:
         log.warning(w)
+    n_vertices = len(verts)
+    sink = None
     try:
         t = time.perf_counter()
         ops, ops_source = session.operators(model_verts, faces, model, dev)
@@ -253,67 +335,147 @@ def animate(mesh, audio, checkpoint=None, fps: float | None = None, device: str 
         with torch.inference_mode():
             t = time.perf_counter()
             wav = torch.from_numpy(samples)[None].to(dev)
+            del samples
             n_frames = model.num_frames(wav.shape[1], cfg.fps)
             if n_frames < 2:
                 raise ScanTalkError("the audio is too short for even two frames of animation")
             feats = encode_speech(model, wav, n_frames, cfg.fps, check)
+            del wav
             audio_lat, _ = model.lstm(model.audio_embedding(feats))
             audio_lat = audio_lat[0]
+            del feats
             neutral = torch.from_numpy(model_verts).float().to(dev)
             geom = model.encode_geometry(neutral, ops)
             timings["audio_and_geometry"] = time.perf_counter() - t
             step("audio", f"{n_frames} frames at {cfg.fps:g} fps")
 
+            out_fps = float(fps) if fps is not None else float(cfg.fps)
+            resampler = StreamResampler(n_frames, cfg.fps, out_fps)
+            sink = make_sink(resampler.n_out, n_vertices)
             t = time.perf_counter()
+            t_write = 0.0
             lo, hi = STAGES["audio"], STAGES["decode"]
+            last_report = [0.0, -1.0]
 
             def on_chunk(done, total):
                 check()
-                if progress is not None:
-                    progress("decode", lo + (hi - lo) * done / total, f"frame {done}/{total}")
+                now = time.perf_counter()
+                frac = done / total
+                # at most ~5 progress events a second, and one per 0.5 % of the job
+                if progress is not None and (done == total or (now - last_report[0] > 0.2
+                                                               and frac - last_report[1] >= 0.005)):
+                    last_report[:] = [now, frac]
+                    progress("decode", lo + (hi - lo) * frac, f"frame {done}/{total}")
 
-            chunk = chunk_size(len(verts), cfg.width, dev)
-            offsets = model.decode(geom, audio_lat, ops, chunk_frames=chunk, on_chunk=on_chunk)
-            offsets = offsets.float().cpu().numpy()
-            timings["decode"] = time.perf_counter() - t
+            chunk = chunk_size(n_vertices, cfg.width, dev)
+            block = max(chunk, WRITE_BLOCK_BYTES // (n_vertices * 12))
+            pending, n_pending = [], 0
+
+            def flush():
+                nonlocal t_write
+                if not pending:
+                    return
+                native = torch.cat(pending).float().cpu().numpy() if len(pending) > 1 else \
+                    pending[0].float().cpu().numpy()
+                pending.clear()
+                tw = time.perf_counter()
+                sink.write(resampler.push(frame.offsets_from_model(native)))
+                t_write += time.perf_counter() - tw
+
+            for part in model.decode_chunks(geom, audio_lat, ops, chunk_frames=chunk, on_chunk=on_chunk):
+                pending.append(part if dev.type == "cpu" else part.cpu())
+                n_pending += len(part)
+                if n_pending >= block:
+                    flush()
+                    n_pending = 0
+            flush()
+            timings["decode"] = time.perf_counter() - t - t_write
+            timings["write"] = t_write
     except torch.cuda.OutOfMemoryError as exc:
-        raise OutOfMemory(f"the GPU ran out of memory on a {len(verts)}-vertex mesh; "
+        raise OutOfMemory(f"the GPU ran out of memory on a {n_vertices}-vertex mesh; "
                           f"retry with device cpu or decimate the mesh") from exc
     except MemoryError as exc:
-        raise OutOfMemory(f"out of memory on a {len(verts)}-vertex mesh; close other programs "
+        raise OutOfMemory(f"out of memory on a {n_vertices}-vertex mesh; close other programs "
                           f"or decimate the mesh") from exc
 
-    offsets = frame.offsets_from_model(offsets)
-    out_fps = float(fps) if fps is not None else float(cfg.fps)
-    offsets = resample_motion(offsets, cfg.fps, out_fps)
     timings["total"] = time.perf_counter() - t_all
     meta = {
         "model": cfg.name, "checkpoint": str(ckpt), "device": dev.type, "native_fps": cfg.fps,
-        "frames": int(offsets.shape[0]), "vertices": int(offsets.shape[1]),
+        "frames": int(resampler.n_out), "vertices": int(n_vertices), "dtype": opts["dtype"],
         "operators": ops_source, "model_warm": warm_model, "frame": frame.to_dict(), "warnings": warnings,
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "decode_ms_per_frame": round(1000 * timings["decode"] / max(n_frames, 1), 3),
     }
-    return Result(offsets=offsets.astype(np.float32, copy=False), fps=out_fps, meta=meta)
+    return sink, out_fps, meta
 
 
-def write_result(result: Result, path) -> Path:
-    """Write the npz atomically: a failed or cancelled run leaves no partial file."""
-    import json
-    import os
-    import tempfile
+def animate(mesh, audio, checkpoint=None, fps: float | None = None, device: str = "auto",
+            start: float = 0.0, duration: float | None = None, normalize: str = "auto",
+            units: str | None = None, session: Session | None = None, progress=None, cancel=None) -> Result:
+    """Predict offsets for `mesh` (path or (vertices, faces)) speaking `audio` (path), in memory.
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    `progress(stage, fraction, message)` is called as work advances; `cancel()` returning True
+    stops the job with `Cancelled` at the next check. For long clips use `animate_to_file`, which
+    streams frames to disk and never holds them all.
+    """
+    sink, out_fps, meta = _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units,
+                               session, progress, cancel, ArraySink)
+    return Result(offsets=sink.offsets, fps=out_fps, meta=meta)
+
+
+@dataclass
+class FileResult:
+    path: Path
+    frames: int
+    vertices: int
+    fps: float
+    meta: dict = field(default_factory=dict)
+
+
+def animate_to_file(mesh, audio, out, checkpoint=None, fps: float | None = None, device: str = "auto",
+                    start: float = 0.0, duration: float | None = None, normalize: str = "auto",
+                    units: str | None = None, dtype: str = "float32", session: Session | None = None,
+                    progress=None, cancel=None) -> FileResult:
+    """`animate`, streamed: frames are written to the result file `out` (backend.result_file) in
+    blocks as they are decoded; memory does not grow with the clip's length. The file appears
+    (atomically) only when complete; a cancel or error leaves nothing."""
+    from .result_file import ResultWriter
+
+    writer = None
+
+    def make_sink(n_frames, n_vertices):
+        nonlocal writer
+        writer = ResultWriter(out, n_frames, n_vertices, dtype)
+        return writer
+
     try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, offsets=result.offsets, fps=np.float64(result.fps), meta=np.asarray(json.dumps(result.meta)))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary user file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        sink, out_fps, meta = _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units,
+                                   session, progress, cancel, make_sink, dtype=dtype)
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled")
+        t = time.perf_counter()
+        path = writer.finish(out_fps, meta)
+        meta["timings"]["write"] = round(meta["timings"].get("write", 0.0) + time.perf_counter() - t, 4)
+    except ValueError as exc:
+        if writer is not None:
+            writer.abort()
+        if "float16" in str(exc):
+            raise BadRequest(str(exc)) from exc
         raise
-    return path
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return FileResult(path=Path(path), frames=meta["frames"], vertices=meta["vertices"], fps=out_fps, meta=meta)
+
+
+def write_result(result: Result, path, dtype: str = "float32") -> Path:
+    """Write an in-memory `Result` in the result-file format, atomically."""
+    from .result_file import ResultWriter
+
+    w = ResultWriter(path, len(result.offsets), result.offsets.shape[1], dtype)
+    with w:
+        step = max(1, WRITE_BLOCK_BYTES // max(1, result.offsets[0].nbytes))
+        for a in range(0, len(result.offsets), step):
+            w.write(result.offsets[a:a + step])
+        return w.finish(result.fps, result.meta)

@@ -69,6 +69,25 @@ class ScanTalk(nn.Module):
         """neutral [V, 3] → per-vertex features [V, latent]."""
         return self.encoder(neutral, ops)
 
+    def decode_chunks(self, geom: torch.Tensor, audio: torch.Tensor, ops: TorchOperators,
+                      chunk_frames: int | None = None, on_chunk=None):
+        """Yield offsets [t, V, 3] for consecutive chunks of frames (see `decode`): a clip of any
+        length is decoded with memory bounded by one chunk's activations."""
+        dec = self.decoder
+        w = dec.first_lin.weight
+        L = geom.shape[1]
+        g = geom @ w[:, :L].T + dec.first_lin.bias  # [V, C]
+        a = audio @ w[:, L:].T  # [T, C]
+        T = audio.shape[0]
+        step = chunk_frames or T
+        for s in range(0, T, step):
+            x = g[:, None, :] + a[None, s:s + step, :]  # [V, t, C]
+            for block in dec.blocks():
+                x = block(x, ops)
+            yield dec.last_lin(x).transpose(0, 1)
+            if on_chunk is not None:
+                on_chunk(min(s + step, T), T)
+
     def decode(self, geom: torch.Tensor, audio: torch.Tensor, ops: TorchOperators,
                chunk_frames: int | None = None, on_chunk=None) -> torch.Tensor:
         """Offsets [T, V, 3] for geometry features [V, L] and audio latents [T, L].
@@ -77,22 +96,7 @@ class ScanTalk(nn.Module):
         halves and broadcast-added, so the [V, T, 2L] concatenation is never materialised.
         Frames are independent in the decoder, so long clips are decoded in chunks.
         """
-        dec = self.decoder
-        w = dec.first_lin.weight
-        L = geom.shape[1]
-        g = geom @ w[:, :L].T + dec.first_lin.bias  # [V, C]
-        a = audio @ w[:, L:].T  # [T, C]
-        T, V = audio.shape[0], geom.shape[0]
-        step = chunk_frames or T
-        out = []
-        for s in range(0, T, step):
-            x = g[:, None, :] + a[None, s:s + step, :]  # [V, t, C]
-            for block in dec.blocks():
-                x = block(x, ops)
-            out.append(dec.last_lin(x).transpose(0, 1))
-            if on_chunk is not None:
-                on_chunk(min(s + step, T), T)
-        return torch.cat(out, dim=0)
+        return torch.cat(list(self.decode_chunks(geom, audio, ops, chunk_frames, on_chunk)), dim=0)
 
     def forward(self, wav: torch.Tensor, neutral: torch.Tensor, ops: TorchOperators,
                 n_frames: int, chunk_frames: int | None = None) -> torch.Tensor:

@@ -72,27 +72,25 @@ class Worker:
                 self.cancelled.discard(rid)
 
     def _animate(self, req):
-        from .inference import animate, write_result
+        from .inference import animate_to_file
 
         rid = req["id"]
         try:
             opts = animate_request(req)
-            result = animate(
-                req["mesh"], req["audio"], checkpoint=req.get("checkpoint"), fps=opts["fps"],
+            result = animate_to_file(
+                req["mesh"], req["audio"], req["out"], checkpoint=req.get("checkpoint"), fps=opts["fps"],
                 device=opts["device"], start=opts["start"], duration=opts["duration"],
-                normalize=opts["normalize"], units=opts["units"], session=self.session,
+                normalize=opts["normalize"], units=opts["units"], dtype=opts["dtype"], session=self.session,
                 progress=lambda stage, frac, msg: self.send(event="progress", id=rid, stage=stage,
                                                             fraction=round(frac, 4), message=msg),
                 cancel=lambda: rid in self.cancelled,
             )
-            if rid in self.cancelled:
-                raise Cancelled("cancelled")
-            path = write_result(result, req["out"])
             rig = self._rig(req, rid) if req.get("rig") else None
             self.send(event="progress", id=rid, stage="write", fraction=1.0, message="done")
-            self.send(event="result", id=rid, out=str(path), frames=int(result.offsets.shape[0]),
-                      vertices=int(result.offsets.shape[1]), fps=result.fps, device=result.meta["device"],
-                      timings=result.meta["timings"], warnings=result.meta["warnings"], meta=result.meta,
+            self.send(event="result", id=rid, out=str(result.path), frames=result.frames,
+                      vertices=result.vertices, fps=result.fps, device=result.meta["device"],
+                      dtype=result.meta["dtype"], timings=result.meta["timings"],
+                      warnings=result.meta["warnings"], meta=result.meta,
                       **({"rig": rig} if rig else {}))
         except Cancelled:
             self.send(event="cancelled", id=rid)
