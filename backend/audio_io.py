@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from .errors import AudioError
 
@@ -140,6 +139,8 @@ def load_audio(
     if sr != target_sr:
         # resample_poly low-passes at the lower Nyquist before decimating, so content above
         # target_sr/2 is removed instead of folding back as audible aliases.
+        from scipy.signal import resample_poly  # ~1-3 s to import: only when resampling
+
         g = math.gcd(sr, target_sr)
         mono = resample_poly(mono, target_sr // g, sr // g)
     return np.ascontiguousarray(mono, dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Command line: `python -m backend animate | serve | doctor`."""
+"""Command line: `python -m backend animate | batch | serve | doctor`."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,23 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--rig-csv", help="with --rig-keys: also write the weights as a Live Link Face CSV here")
     a.add_argument("--rig-json", help="with --rig-keys: also write the weights and the fit report as JSON here")
     a.add_argument("--rig-smooth", type=float, help="with --rig-keys: temporal smoothness (default 0.001)")
+
+    b = sub.add_parser("batch", help="animate every (mesh, audio, options) row of a CSV or JSON-lines manifest",
+                       description="Rows: mesh, audio [, out, checkpoint, fps, start, duration, normalize, "
+                                   "units, dtype]; see docs/protocol.md. Resumable: finished outputs are "
+                                   "skipped. Under torchrun the rows are split across the processes. Exit "
+                                   "code 1 if any row failed.")
+    b.add_argument("manifest", help="a .csv (with a header row) or JSON-lines file")
+    b.add_argument("--out", required=True, help="output folder (results + batch_summary.json)")
+    b.add_argument("--checkpoint", help="default checkpoint for rows that name none")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--fps", type=float, help="default output frame rate")
+    b.add_argument("--start", type=float, help="default start (s)")
+    b.add_argument("--duration", type=float, help="default duration (s)")
+    b.add_argument("--normalize", choices=["auto", "none"])
+    b.add_argument("--units", choices=["m", "dm", "cm", "mm", "in"])
+    b.add_argument("--dtype", choices=["float32", "float16"])
+    b.add_argument("--cache-dir")
 
     s = sub.add_parser("serve", help="JSON-lines worker on stdin/stdout (see docs/protocol.md)")
     s.add_argument("--cache-dir")
@@ -105,6 +122,12 @@ def main(argv=None) -> int:
     try:
         if args.command == "animate":
             return _animate(args)
+        if args.command == "batch":
+            from .batch import main as batch_main
+            from .options import animate_options
+
+            animate_options(fps=args.fps, start=args.start, duration=args.duration)  # refuse bad defaults early
+            return batch_main(args)
         if args.command == "serve":
             from .worker import serve
 

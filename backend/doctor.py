@@ -17,11 +17,11 @@ def report(cache=None) -> dict:
 
     folder, entries, size = cache_usage(cache)
     cuda = torch.cuda.is_available()
-    try:
-        import transformers
+    try:  # the installed version, without importing transformers (seconds)
+        from importlib.metadata import PackageNotFoundError, version
 
-        tf = transformers.__version__
-    except ImportError:
+        tf = version("transformers")
+    except PackageNotFoundError:
         tf = None
     return {
         "scantalk_backend": __version__,

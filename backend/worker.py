@@ -34,11 +34,9 @@ def animate_request(req: dict) -> dict:
 
 class Worker:
     def __init__(self, out, cache_dir=None):
-        from .inference import Session
-
         self.out = out
         self.lock = threading.Lock()
-        self.session = Session(cache_dir=cache_dir)
+        self.session = None  # created by the job thread: `ready` does not wait for torch
         self.cache_dir = cache_dir
         self.jobs: queue.Queue = queue.Queue()
         self.running_id: str | None = None
@@ -55,6 +53,12 @@ class Worker:
     # ---- job thread ---------------------------------------------------------------------
 
     def _run_jobs(self):
+        # Import torch and the model code while the client is still getting ready (the `ready`
+        # event went out first); a request arriving meanwhile waits only for what is left.
+        # transformers is imported only by a checkpoint that needs HuBERT/wav2vec2.
+        from .inference import Session
+
+        self.session = Session(cache_dir=self.cache_dir)
         while True:
             req = self.jobs.get()
             if req is None:
