@@ -164,7 +164,8 @@ def _frames(offsets, chunk):
     for a in range(0, T, chunk):
         b = min(T, a + chunk)
         blk = offsets.frames(a, b) if hasattr(offsets, "frames") else offsets[a:b]
-        yield a, b, np.ascontiguousarray(blk, dtype=np.float32).reshape(b - a, -1)
+        # a copy the caller may change in place (never a view of the caller's offsets)
+        yield a, b, np.array(blk, dtype=np.float32, order="C").reshape(b - a, -1)
 
 
 def _support(deltas: np.ndarray) -> np.ndarray:
@@ -294,46 +295,54 @@ def solve(offsets, keys: RigKeys, smooth: float = DEFAULT_SMOOTH, scale: float =
         raise RigError("no frames to solve")
     D = keys.deltas.reshape(K, V * 3)
     sup = _support(keys.deltas)
-    Ds = np.ascontiguousarray(D[:, sup])
+    whole = len(sup) == V * 3  # every coordinate moves with some key: no gather needed
+    Ds = D if whole else np.ascontiguousarray(D[:, sup])
     G = (Ds.astype(np.float64) @ Ds.T.astype(np.float64))
+    DsT = np.ascontiguousarray(Ds.T)
     B = np.empty((T, K), np.float64)
-    ss_v = np.zeros(V, np.float64)  # per-vertex sum over frames of |y|^2
     s = np.float32(scale)
     for a, b, Y in _frames(offsets, chunk):
         if scale != 1.0:
             Y *= s
-        if not np.isfinite(Y.sum()):
-            raise RigError("the offsets contain NaN or infinite values")
-        B[a:b] = Y[:, sup] @ Ds.T
-        ss_v += (Y.reshape(b - a, V, 3) ** 2).sum(axis=(0, 2))
+        B[a:b] = (Y if whole else Y[:, sup]) @ DsT
         if progress is not None:
             progress(0.4 * b / T)
         if cancel is not None and cancel():
             from .errors import Cancelled
 
             raise Cancelled("cancelled")
+    if not np.isfinite(B.sum()):
+        raise RigError("the offsets contain NaN or infinite values")
     t_gram = time.perf_counter() - t0
     W, info = solve_weights(B, G, keys.ranges, smooth=smooth, cancel=cancel)
     if progress is not None:
         progress(0.6)
-    # error pass: per-vertex Euclidean residual
-    rms = np.sqrt(ss_v / T)
-    lip_idx = lips if lips is not None else keys.lips
-    lip_m, face_m, how = motion_masks(rms, lip_idx)
+    # error pass: per-vertex Euclidean residual, and each vertex's own motion (for the masks)
     err_sum = np.zeros(V, np.float64)
     err_max = np.zeros(V, np.float32)
     sse_v = np.zeros(V, np.float64)
+    ss_v = np.zeros(V, np.float64)  # per-vertex sum over frames of |y|^2
     for a, b, Y in _frames(offsets, chunk):
         if scale != 1.0:
             Y *= s
-        R = Y - W[a:b] @ D
-        e2 = (R.reshape(b - a, V, 3) ** 2).sum(axis=2)
+        R = W[a:b] @ D
+        np.subtract(Y, R, out=R)
+        np.square(R, out=R)
+        e2 = R[:, 0::3] + R[:, 1::3]  # strided adds: much faster than reshape(...).sum(axis=2)
+        e2 += R[:, 2::3]
         sse_v += e2.sum(axis=0)
-        e = np.sqrt(e2)
-        err_sum += e.sum(axis=0)
-        np.maximum(err_max, e.max(axis=0), out=err_max)
+        np.sqrt(e2, out=e2)
+        err_sum += e2.sum(axis=0)
+        np.maximum(err_max, e2.max(axis=0), out=err_max)
+        np.square(Y, out=Y)
+        y2 = Y[:, 0::3] + Y[:, 1::3]
+        y2 += Y[:, 2::3]
+        ss_v += y2.sum(axis=0)
         if progress is not None:
             progress(0.6 + 0.4 * b / T)
+    rms = np.sqrt(ss_v / T)
+    lip_idx = lips if lips is not None else keys.lips
+    lip_m, face_m, how = motion_masks(rms, lip_idx)
     mpu = float(metres_per_unit or keys.metres_per_unit or 1.0)
     mm = 1000.0 * mpu
 

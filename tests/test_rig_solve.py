@@ -179,3 +179,11 @@ def test_addon_copy_of_the_arkit_table_agrees():
     assert m.arkit_columns(names) == rs.arkit_columns(names)
     W = np.random.default_rng(1).random((7, len(names))).astype(np.float32)
     assert m.live_link_csv(names, W, 24.0, 3) == rs.live_link_csv(names, W, 24.0, 3)
+
+
+def test_offsets_are_not_modified(ict):
+    names, deltas = ict
+    off = np.einsum("tk,kvc->tvc", speech_like_weights(names, 10, seed=5), deltas).astype(np.float32)
+    before = off.copy()
+    rs.solve(off, rs.RigKeys(names, deltas, None), scale=0.5, min_explained=None)
+    np.testing.assert_array_equal(off, before)

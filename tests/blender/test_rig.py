@@ -263,13 +263,15 @@ def test_fbx_and_gltf_carry_the_keyed_weights(scene, addon, tmp_path):
 
 
 @pytest.mark.slow
-def test_default_model_through_the_rig_end_to_end(scene, addon, backend):
+def test_default_model_through_the_rig_end_to_end(scene, addon, backend, monkeypatch):
     """The real backend via the operator: the default model's motion on the demo head, reproduced
     through its ICT ARKit rig within 0.5 mm mean on the lips."""
     py, _ = backend  # the bundled default model (the demo head is an ICT head, not FLAME)
     if not (H.ROOT / "backend" / "assets" / "default_model.pt").is_file():
         pytest.skip("needs the bundled default model")
-    from tests.blender.test_end_to_end import reference_offsets
+    from tests.blender import test_end_to_end as E
+
+    monkeypatch.setattr(E, "WAV", VOICE)  # the reference: the backend asked directly, same voice
 
     prefs = bpy.context.preferences.addons[PKG].preferences
     prefs.python_path, prefs.device = py, "cpu"
@@ -278,7 +280,7 @@ def test_default_model_through_the_rig_end_to_end(scene, addon, backend):
         assert bpy.ops.scantalk.animate(mode="RIG", audio_path=str(VOICE)) == {"FINISHED"}
         tag = mod("writeback").result_info(obj)
         _, got, start = keyed(obj)
-        ref = reference_offsets(obj, 0.0, None, scene.render.fps, "")
+        ref = E.reference_offsets(obj, 0.0, None, scene.render.fps, "")
         assert ref.shape[0] == got.shape[0]
         lips = np.array([int(v) for v in LIPS.read_text().split(",") if v.strip()])
         recon = np.einsum("tk,kvc->tvc", got, deltas)
