@@ -18,6 +18,7 @@ import torch
 from .audio_encoders import SAMPLE_RATE
 from .audio_io import load_audio
 from .checkpoint import load_model
+from .components import RidePlan, ride_plan
 from .diffusionnet import TorchOperators
 from .errors import BadRequest, Cancelled, DeviceError, NoCheckpoint, ScanTalkError
 from .framing import fit_frame
@@ -346,6 +347,7 @@ def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units
             del feats
             neutral = torch.from_numpy(model_verts).float().to(dev)
             geom = model.encode_geometry(neutral, ops)
+            riders = ride_plan(model_verts, faces) if cfg.separate_parts == "ride" else RidePlan(())
             timings["audio_and_geometry"] = time.perf_counter() - t
             step("audio", f"{n_frames} frames at {cfg.fps:g} fps")
 
@@ -378,6 +380,7 @@ def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units
                 native = torch.cat(pending).float().cpu().numpy() if len(pending) > 1 else \
                     pending[0].float().cpu().numpy()
                 pending.clear()
+                riders.apply(native)
                 tw = time.perf_counter()
                 sink.write(resampler.push(frame.offsets_from_model(native)))
                 t_write += time.perf_counter() - tw
@@ -403,6 +406,7 @@ def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units
         "model": cfg.name, "checkpoint": str(ckpt), "device": dev.type, "native_fps": cfg.fps,
         "frames": int(resampler.n_out), "vertices": int(n_vertices), "dtype": opts["dtype"],
         "operators": ops_source, "model_warm": warm_model, "frame": frame.to_dict(), "warnings": warnings,
+        "riding_parts": [int(len(p)) for p, _ in riders.parts],
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "decode_ms_per_frame": round(1000 * timings["decode"] / max(n_frames, 1), 3),
     }

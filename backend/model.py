@@ -28,6 +28,14 @@ class ModelConfig:
     frame_centre: tuple = (0.0, 0.0, 0.0)
     frame_size: float = 0.0  # 0 = unknown: feed coordinates as they are
     name: str = "scantalk"
+    # Separate small parts of the input mesh (eyeballs, teeth): "model" keeps the decoder's motion
+    # (a model trained on heads that have them, like the official FLAME weights); "ride" moves
+    # them with the nearest skin (a model trained on one-piece heads: backend/components.py).
+    separate_parts: str = "model"
+
+    def __post_init__(self):
+        if self.separate_parts not in ("model", "ride"):
+            raise ValueError(f"separate_parts must be 'model' or 'ride', not {self.separate_parts!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -33,6 +33,7 @@ class ModelSection:
     grad_eps: float = 1e-5
     log_time: bool = True
     name: str = "scantalk"
+    separate_parts: str = "model"  # "ride" for models trained on one-piece heads (backend.model)
 
 
 @dataclass

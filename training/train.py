@@ -415,7 +415,7 @@ def build_model_config(cfg: TrainConfig, fps: float, frame_size: float) -> Model
     return ModelConfig(audio=m.audio, latent=m.latent, width=m.width, n_blocks=m.n_blocks,
                        lstm_layers=m.lstm_layers, k_eig=m.k_eig, grad_eps=m.grad_eps,
                        log_time=m.log_time, fps=float(fps), frame_centre=(0.0, 0.0, 0.0),
-                       frame_size=float(frame_size), name=m.name)
+                       frame_size=float(frame_size), name=m.name, separate_parts=m.separate_parts)
 
 
 # --------------------------------------------------------------------------- training
