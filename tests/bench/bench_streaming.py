@@ -171,6 +171,9 @@ def main():
     ap.add_argument("--skip", default="", help="comma list of: real,stub,stub50k,start,batch,f16")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    import torch
+
+    torch.set_num_threads(1)  # the in-process float16 check, like the children
     tmp = Path(tempfile.mkdtemp(prefix="scantalk-stream-bench-"))
     env = dict(os.environ, SCANTALK_CACHE_DIR=str(tmp / "cache"), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     base = baseline_tree(args.baseline, tmp)
