@@ -356,6 +356,8 @@ def report_dataset(root, split="test", pred_dir=None, out_dir=None, plots=True, 
             continue
         if subj.name not in lips_cache:
             lips_cache[subj.name] = inner_lip(subj.template_vertices, subj.faces, subj.lips)
+        if pred_dir and not (Path(pred_dir) / f"{clip.name}.npy").is_file():
+            continue  # predictions of a subset (training.predict --every)
         seq = np.load(Path(pred_dir) / f"{clip.name}.npy") if pred_dir else load_motion(clip)
         info = meta.get(clip.name, {})
         import soundfile as sf
