@@ -4,8 +4,8 @@ Plain Python, no bpy: it starts the worker as a subprocess (argument list, never
 writes JSON-line requests to its stdin and reads events from its stdout on a background thread,
 so the caller (Blender's UI thread) never blocks unless it asks to wait.
 
-    client = WorkerClient([python, "-m", "backend", "serve"], env=env)
-    client.start()
+    client = backend_env.resolve(...).start_worker()   # isolated (-I), private cwd: see backend_env
+    # (WorkerClient(argv, env, cwd).start() for any other argv list)
     req = client.request("animate", mesh=..., audio=..., out=...)
     for ev in req.poll(): ...           # non-blocking
     result = req.wait(timeout=600)      # blocking; raises WorkerError / WorkerCancelled

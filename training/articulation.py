@@ -68,7 +68,7 @@ class ClipReport:
     lag_corr: float | None = None
 
     def summary(self) -> dict:
-        return _summarise([self]) | {"name": self.name, "lag_frames": self.lag_frames,
+        return summarise([self]) | {"name": self.name, "lag_frames": self.lag_frames,
                                      "lag_corr": _r(self.lag_corr, 3)}
 
 
@@ -157,7 +157,7 @@ def measure_clip(name: str, seq, neutral, lip: InnerLip, phones, fps: float, lip
     return rep
 
 
-def _summarise(reports) -> dict:
+def summarise(reports) -> dict:
     """Pooled measures of several clips (phones and frames pooled, lags by median)."""
     bil = [b for r in reports for b in r.bilabials]
     vow = [v for r in reports for v in r.vowel_openings]
@@ -181,10 +181,6 @@ def _summarise(reports) -> dict:
         "lag_frames_median": _r(float(np.median(lags)), 1) if lags else None,
         "lag_frames": lags,
     }
-
-
-def summarise(reports) -> dict:
-    return _summarise(reports)
 
 
 # --------------------------------------------------------------------------- phone timings
@@ -343,11 +339,13 @@ def report_dataset(root, split="test", pred_dir=None, out_dir=None, plots=True, 
                    languages: bool = True) -> dict:
     """The generator's own targets (or predictions in `pred_dir`, <clip>.npy absolute vertices)
     measured with the generator's phone timings from clips.json."""
-    from training.datasets import load_motion, read_dataset
+    import soundfile as sf
+
+    from training.datasets import load_motion, read_clips, read_dataset
 
     root = Path(root)
     listing = read_dataset("general", root, split)
-    meta = json.loads((root / "clips.json").read_text(encoding="utf-8"))["clips"]
+    meta = read_clips(root / "clips.json")
     reports, clips, by_lang = [], {}, {}
     lips_cache = {}
     for i, clip in enumerate(listing):
@@ -360,8 +358,6 @@ def report_dataset(root, split="test", pred_dir=None, out_dir=None, plots=True, 
             continue  # predictions of a subset (training.predict --every)
         seq = np.load(Path(pred_dir) / f"{clip.name}.npy") if pred_dir else load_motion(clip)
         info = meta.get(clip.name, {})
-        import soundfile as sf
-
         samples, sr = sf.read(str(clip.wav_path), dtype="float32")
         rep = measure_clip(clip.name, seq, subj.template_vertices, lips_cache[subj.name],
                            info.get("phonemes", []), clip.fps, lips=subj.lips, upper=subj.upper,

@@ -417,6 +417,18 @@ def read_meta(root) -> dict:
     return meta
 
 
+def read_clips(path) -> dict[str, dict]:
+    """Per-clip records of a generator's clips.json (training.synth: voice, language, phonemes,
+    ...) by clip name; {} when the file does not exist (datasets other than ours)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("clips", {})
+    except Exception as exc:
+        raise DatasetError(f"could not read {path}: {exc}") from exc
+
+
 def read_general(root, split: str | Sequence[str] = "train") -> DatasetListing:
     """General layout (meta.json, templates/<s>.npz, masks/<s>_lips.txt, masks/<s>_upper.txt,
     wav/, vertices/). Each subject has its own topology. A missing mask file gives None."""

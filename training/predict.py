@@ -125,11 +125,9 @@ def mouth_correlation(listing, pred_dir) -> dict:
 
 def clip_languages(clips_json) -> dict[str, str]:
     """clip name -> language from the generator's clips.json (English when it names none)."""
-    path = Path(clips_json)
-    if not path.is_file():
-        return {}
-    clips = json.loads(path.read_text(encoding="utf-8")).get("clips", {})
-    return {name: c.get("language", "en") for name, c in clips.items()}
+    from training.datasets import read_clips
+
+    return {name: c.get("language", "en") for name, c in read_clips(clips_json).items()}
 
 
 def by_group(per: dict, group_of: dict) -> dict:

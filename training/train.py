@@ -54,7 +54,7 @@ from backend.model import ModelConfig, ScanTalk
 from backend.operator_cache import get_operators
 from training.augment import augment_audio, interpolate_frames, speed_frame_positions, speed_perturb
 from training.config import ConfigError, TrainConfig, load_config
-from training.datasets import Clip, DatasetError, DatasetListing, check_clip, read_dataset
+from training.datasets import Clip, DatasetError, DatasetListing, check_clip, read_clips, read_dataset
 from training.lip_geometry import inner_lip
 from training.losses import GapInputs, LossWeights, closure_gap_error, compute_losses, lip_gap
 
@@ -207,10 +207,9 @@ def scaled_operators(ops: TorchOperators, s: float) -> TorchOperators:
 def read_phones(data) -> dict[str, list]:
     """Phone timings per clip name ([[phone, start_s, end_s], ...]) from the dataset's clips.json
     (training.synth writes it); {} when the dataset has none (vocaset, biwi, ...)."""
-    path = Path(data.root) / "clips.json"
-    if data.layout != "general" or not path.is_file():
+    if data.layout != "general":
         return {}
-    clips = json.loads(path.read_text(encoding="utf-8")).get("clips", {})
+    clips = read_clips(Path(data.root) / "clips.json")
     return {name: c["phonemes"] for name, c in clips.items() if c.get("phonemes")}
 
 
