@@ -86,8 +86,20 @@ def _files(base: Path):
         yield p, rel
 
 
+# Files the add-on carries a copy of (numpy-only backend code it runs inside Blender): the build
+# refuses a copy that differs from its source, so the zip never ships a stale one.
+SHARED_COPIES = {"result_file.py": BACKEND / "result_file.py"}
+
+
+def check_copies() -> None:
+    for name, src in SHARED_COPIES.items():
+        if (ADDON / name).read_bytes() != src.read_bytes():
+            raise SystemExit(f"blender_addon/{name} differs from {src}: copy it over (cp {src} blender_addon/{name})")
+
+
 def entries() -> tuple[list[tuple[str, bytes]], list[str]]:
     """(zip entries (name, bytes), skipped forbidden paths)."""
+    check_copies()
     out, skipped = [], []
     for p, rel in _files(ADDON):
         out.append((rel.as_posix(), p.read_bytes()))

@@ -1,16 +1,18 @@
 """The result file (`.npz`): written in chunks of frames, read by frame ranges.
 
-numpy + the standard library only (no torch): the Blender add-on can use a copy of this file.
+numpy + the standard library only: the Blender add-on carries a byte-identical copy
+(blender_addon/result_file.py; a test and build_addon.py check that they agree).
 
 The file is an ordinary `.npz` (`np.load` reads it): a ZIP archive, members stored uncompressed,
 `offsets.npy` first, then `fps.npy` and `meta.npy`. Because `offsets.npy` is stored, its bytes
 sit contiguously in the archive: the writer puts the .npy header for the final shape
 [T, V, 3] and then appends frames as they are decoded (ZIP64, so any size), and the reader maps
-that member with `np.memmap` and copies out only the frames asked for.
+reads only the frames asked for (plain file reads; `.offsets` is a memory map for scripts).
 
     with open_result("out.npz") as r:
         r.fps, r.meta, r.n_frames, r.n_vertices
         block = r.frames(0, 100)        # float32 [100, V, 3], whatever the stored dtype
+        r.array("compact_weights")      # any other (small) member, read whole
 
 Files written by other means (compressed members, e.g. `np.savez_compressed`) still open; their
 offsets are then read into memory whole.
@@ -144,6 +146,7 @@ class ResultFile:
     def __init__(self, path):
         self.path = Path(path)
         self._offsets = None
+        self._fh = None
         with zipfile.ZipFile(self.path) as z:
             names = set(z.namelist())
             for need in (OFFSETS, "fps.npy", "meta.npy"):
@@ -164,24 +167,65 @@ class ResultFile:
                 raise ValueError(f"offsets have shape {shape}, expected [T, V, 3]")
             self.n_frames, self.n_vertices = int(shape[0]), int(shape[1])
             self.dtype = np.dtype(dtype)
+            self._shape = tuple(shape)
+            self._members = {n[:-4]: n for n in names if n.endswith(".npy")}
+            self._start = None
             if info.compress_type == zipfile.ZIP_STORED and not fortran and info.file_size > 0:
                 with open(self.path, "rb") as fh:
-                    start = _member_data_offset(fh, info) + header_len
-                self._offsets = np.memmap(self.path, dtype=self.dtype, mode="r", offset=start,
-                                          shape=tuple(shape)) if self.n_frames else np.zeros(shape, self.dtype)
-            else:  # compressed or Fortran-ordered: no random access, load it whole
+                    self._start = _member_data_offset(fh, info) + header_len
+            elif info.file_size > 0:  # compressed or Fortran-ordered: no random access, load it whole
                 with z.open(OFFSETS) as m:
                     self._offsets = np.lib.format.read_array(m, allow_pickle=False)
+            else:
+                self._offsets = np.zeros(shape, self.dtype)
+        # frames are read with plain file reads, not through a memory map: pages of a map count
+        # in the process's resident memory until the kernel drops them, so reading a 10 GB
+        # result through one makes Blender or the worker look (and, under pressure, act) huge;
+        # an open map also keeps Windows from deleting the file.
+        self._fh = open(self.path, "rb") if self._start is not None else None
+
+    @property
+    def names(self) -> list[str]:
+        """The arrays in the file (`offsets`, `fps`, `meta`, and any appended: `rig_*`, `compact_*`)."""
+        return list(self._members)
+
+    def has(self, name: str) -> bool:
+        return name in self._members
+
+    def array(self, name: str) -> np.ndarray:
+        """A whole member other than the offsets (small ones: weights, a basis, a report)."""
+        if name not in self._members:
+            raise KeyError(f"{self.path.name} has no {name!r}")
+        with zipfile.ZipFile(self.path) as z, z.open(self._members[name]) as m:
+            return np.lib.format.read_array(m, allow_pickle=False)
 
     @property
     def offsets(self) -> np.ndarray:
-        """All offsets as a read-only (memory-mapped when possible) [T, V, 3] array, stored dtype."""
+        """All offsets as a read-only [T, V, 3] array in the stored dtype, memory-mapped when
+        possible (for scripts; `frames` and `iter_chunks` read without a map)."""
+        if self._offsets is None and self._start is not None:
+            if not self.n_frames:
+                return np.zeros(self._shape, self.dtype)
+            self._offsets = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self._start, shape=self._shape)
         return self._offsets
 
     def frames(self, a: int = 0, b: int | None = None) -> np.ndarray:
         """Frames a..b-1 as a float32 [b - a, V, 3] array in memory (Python slice rules)."""
         a, b, _ = slice(a, b).indices(self.n_frames)
-        return np.array(self._offsets[a:max(a, b)], dtype=np.float32)
+        b = max(a, b)
+        if self._start is None:
+            return np.array(self._offsets[a:b], dtype=np.float32)
+        frame_bytes = self.n_vertices * 3 * self.dtype.itemsize
+        out = np.empty((b - a, self.n_vertices, 3), self.dtype)
+        self._fh.seek(self._start + a * frame_bytes)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        got = 0
+        while got < len(view):
+            n = self._fh.readinto(view[got:])
+            if not n:
+                raise ValueError(f"{self.path.name} is truncated: frames {a}..{b - 1} are not all there")
+            got += n
+        return out if out.dtype == np.float32 else out.astype(np.float32)
 
     def iter_chunks(self, frames_per_chunk: int = 256):
         """(start, float32 block) pairs covering the clip in order."""
@@ -189,6 +233,9 @@ class ResultFile:
             yield a, self.frames(a, a + frames_per_chunk)
 
     def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
         mm = getattr(self._offsets, "_mmap", None)
         self._offsets = None
         if mm is not None:
@@ -206,5 +253,5 @@ class ResultFile:
 
 def open_result(path) -> ResultFile:
     """Open a result `.npz`: `.fps`, `.meta`, `.n_frames`, `.n_vertices`, `.dtype`,
-    `.frames(a, b)` (float32), `.offsets` (memory-mapped), `.iter_chunks(n)`."""
+    `.frames(a, b)` (float32), `.offsets` (memory-mapped), `.iter_chunks(n)`, `.array(name)`."""
     return ResultFile(path)

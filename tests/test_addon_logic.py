@@ -530,6 +530,21 @@ def test_build_addon_zip(tmp_path):
     assert not [n for n in names if n.startswith(("tests/", "training/"))]
 
 
+def test_addon_reads_results_with_the_backends_own_reader(tmp_path, monkeypatch):
+    """One reader: blender_addon/result_file.py is backend/result_file.py byte for byte (the
+    add-on cannot import the backend package: it runs in Blender, without torch), and the build
+    refuses a copy that has drifted."""
+    import build_addon
+
+    assert (ROOT / "blender_addon" / "result_file.py").read_bytes() == (ROOT / "backend" / "result_file.py").read_bytes()
+    assert "import torch" not in (ROOT / "blender_addon" / "result_file.py").read_text()
+    stale = tmp_path / "result_file.py"
+    stale.write_text("# stale\n")
+    monkeypatch.setitem(build_addon.SHARED_COPIES, "result_file.py", stale)
+    with pytest.raises(SystemExit, match="differs from"):
+        build_addon.build(tmp_path / "dist")
+
+
 def test_build_never_bundles_licensed_files():
     import build_addon
 
