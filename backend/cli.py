@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--rig-csv", help="with --rig-keys: also write the weights as a Live Link Face CSV here")
     a.add_argument("--rig-json", help="with --rig-keys: also write the weights and the fit report as JSON here")
     a.add_argument("--rig-smooth", type=float, help="with --rig-keys: temporal smoothness (default 0.001)")
+    a.add_argument("--compact", type=float, metavar="MAX_ERROR_MM",
+                   help="also add a Compact basis (K shape keys + weights, docs/protocol.md) keeping every "
+                        "vertex of every frame within this many mm of the offsets")
+    a.add_argument("--compact-k-max", type=int, help="with --compact: at most this many basis keys (default 64)")
+    a.add_argument("--compact-strength", type=float, help="with --compact: scale the motion first (default 1)")
+    a.add_argument("--compact-smoothing", type=float,
+                   help="with --compact: Gaussian smoothing of the weights along time, sigma in frames (default 0)")
 
     b = sub.add_parser("batch", help="animate every (mesh, audio, options) row of a CSV or JSON-lines manifest",
                        description="Rows: mesh, audio [, out, checkpoint, fps, start, duration, normalize, "
@@ -75,6 +82,14 @@ def _animate(args) -> int:
         load_keys(args.rig_keys)  # a bad keys file fails before the model runs
     opts = animate_options(fps=args.fps, start=args.start, duration=args.duration, device=args.device,
                            normalize=args.normalize, units=args.units, dtype=args.dtype)
+    compact = None
+    if args.compact is not None:
+        from .options import compact_options
+
+        compact = compact_options({"max_error_mm": args.compact, "k_max": args.compact_k_max,
+                                   "strength": args.compact_strength, "smoothing": args.compact_smoothing})
+    elif args.compact_k_max is not None or args.compact_strength is not None or args.compact_smoothing is not None:
+        raise BadRequest("--compact-k-max, --compact-strength and --compact-smoothing need --compact MAX_ERROR_MM")
     from .inference import Session, animate_to_file
 
     def progress(stage, fraction, message):
@@ -95,6 +110,13 @@ def _animate(args) -> int:
         fit = solve_result_file(args.out, ro["keys_path"], smooth=ro["smooth"], csv_path=args.rig_csv,
                                 json_path=args.rig_json)
         print(f"added rig weights to {args.out}: {format_report(fit.report)}")
+    if compact is not None:
+        from .compact import compact_result_file
+
+        rep = compact_result_file(args.out, max_error_mm=compact["max_error_mm"], k_max=compact["k_max"],
+                                  strength=compact["strength"], smoothing=compact["smoothing"], device=opts["device"])
+        print(f"added a Compact basis to {args.out}: {rep['k']} keys, max error {rep['max_error_mm']:.4f} mm "
+              f"({'within' if rep['reached'] else 'ABOVE'} {rep['tolerance_mm']:g} mm), {rep['seconds']:.1f} s")
     if args.preview:
         from .mesh_io import load_mesh
         from .preview import contact_sheet

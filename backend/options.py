@@ -91,3 +91,30 @@ def path_field(name: str, value, required: bool = True):
     if "\x00" in value:
         raise BadRequest(f"'{name}' contains a NUL character")
     return value
+
+
+COMPACT_KEYS = ("max_error_mm", "k_max", "strength", "smoothing", "metres_per_unit")
+
+
+def compact_options(value) -> dict | None:
+    """The `compact` object of a request (None: no Compact basis). max_error_mm in (0, 100]
+    (default 0.1), k_max an integer in [1, 512] (64), strength in [0, 10] (1), smoothing in
+    [0, 100] frames (0), metres_per_unit null (the result's unit snap) or in (0, 1000]."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadRequest(f"compact must be an object such as {{\"max_error_mm\": 0.1}}, got {value!r}")
+    unknown = sorted(set(value) - set(COMPACT_KEYS))
+    if unknown:
+        raise BadRequest(f"compact: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(COMPACT_KEYS)}")
+
+    def get(key, default, **kw):
+        v = value.get(key)
+        return default if v is None else number(f"compact.{key}", v, **kw)
+
+    k_max = get("k_max", 64, lo=1, hi=512)
+    if k_max != int(k_max):
+        raise BadRequest(f"compact.k_max must be a whole number, got {k_max:g}")
+    return {"max_error_mm": get("max_error_mm", 0.1, lo=0, lo_open=True, hi=100, unit="mm"), "k_max": int(k_max),
+            "strength": get("strength", 1.0, lo=0, hi=10), "smoothing": get("smoothing", 0.0, lo=0, hi=100, unit="frames"),
+            "metres_per_unit": get("metres_per_unit", None, lo=0, lo_open=True, hi=1000)}

@@ -15,7 +15,7 @@ import traceback
 
 from . import __version__
 from .errors import BadRequest, Cancelled, ScanTalkError
-from .options import animate_options, path_field
+from .options import animate_options, compact_options, path_field
 from .rig_solve import rig_options
 
 log = logging.getLogger("backend.worker")
@@ -27,6 +27,7 @@ def animate_request(req: dict) -> dict:
         path_field(key, req.get(key))
     path_field("checkpoint", req.get("checkpoint"), required=False)
     rig_options(req.get("rig"))
+    compact_options(req.get("compact"))
     return animate_options(fps=req.get("fps"), start=req.get("start"), duration=req.get("duration"),
                            device=req.get("device"), normalize=req.get("normalize"), units=req.get("units"),
                            dtype=req.get("dtype"))
@@ -90,12 +91,13 @@ class Worker:
                 cancel=lambda: rid in self.cancelled,
             )
             rig = self._rig(req, rid) if req.get("rig") else None
+            compact = self._compact(req, rid, opts["device"]) if req.get("compact") is not None else None
             self.send(event="progress", id=rid, stage="write", fraction=1.0, message="done")
             self.send(event="result", id=rid, out=str(result.path), frames=result.frames,
                       vertices=result.vertices, fps=result.fps, device=result.meta["device"],
                       dtype=result.meta["dtype"], timings=result.meta["timings"],
                       warnings=result.meta["warnings"], meta=result.meta,
-                      **({"rig": rig} if rig else {}))
+                      **({"rig": rig} if rig else {}), **({"compact": compact} if compact else {}))
         except Cancelled:
             self.send(event="cancelled", id=rid)
         except ScanTalkError as exc:
@@ -104,6 +106,28 @@ class Worker:
             log.error("animate %s failed:\n%s", rid, traceback.format_exc())
             self.send(event="error", id=rid, code="internal",
                       message=f"internal error ({type(exc).__name__}: {exc}); see the worker log")
+
+    def _compact(self, req, rid, device) -> dict:
+        """The Compact basis and weights of the result just written, appended to it
+        (docs/protocol.md). Returns its report."""
+        from .compact import compact_result_file
+
+        o = compact_options(req["compact"])
+        self.send(event="progress", id=rid, stage="compact", fraction=0.97, message="computing the Compact basis")
+
+        last = [-1]
+
+        def progress(frac):
+            pct = int(frac * 100)
+            if pct != last[0]:  # one event per percent, however many chunks
+                last[0] = pct
+                self.send(event="progress", id=rid, stage="compact", fraction=round(0.97 + 0.03 * frac, 4),
+                          message=f"Compact basis {pct}%")
+
+        return compact_result_file(req["out"], max_error_mm=o["max_error_mm"], k_max=o["k_max"],
+                                   strength=o["strength"], smoothing=o["smoothing"],
+                                   metres_per_unit_override=o["metres_per_unit"], device=device,
+                                   progress=progress, cancel=lambda: rid in self.cancelled)
 
     def _rig(self, req, rid) -> dict:
         """Solve the rig named by the request's `rig` field for the result just written; the weights
