@@ -97,12 +97,11 @@ def envelope(samples: np.ndarray, sr: int, fps: float, n: int) -> np.ndarray:
     """RMS of the audio in a window of one frame centred on each frame time [n]."""
     samples = np.asarray(samples, np.float64)
     half = int(round(sr / fps / 2))
-    out = np.zeros(n)
-    for i in range(n):
-        c = int(round(i * sr / fps))
-        seg = samples[max(0, c - half):c + half]
-        out[i] = math.sqrt(float(np.mean(seg ** 2))) if seg.size else 0.0
-    return out
+    energy = np.concatenate([[0.0], np.cumsum(samples ** 2)])  # window sums in O(1) each
+    c = np.round(np.arange(n) * sr / fps).astype(np.int64)
+    lo, hi = np.clip(c - half, 0, len(samples)), np.clip(c + half, 0, len(samples))
+    count = hi - lo
+    return np.sqrt(np.divide(energy[hi] - energy[lo], count, out=np.zeros(n), where=count > 0).clip(0))
 
 
 def opening_lag(opening: np.ndarray, env: np.ndarray, max_lag: int = MAX_LAG) -> tuple[int | None, float | None]:
@@ -298,15 +297,16 @@ def load_indices(path) -> np.ndarray:
     return load_index_file(path)
 
 
-def _mesh_in_metres(mesh_path, fit_size: float | None):
-    """(verts in metres, faces, scale) of a mesh: units snapped like the backend, or scaled so the
-    bounding-box diagonal is `fit_size` metres (for scans in an unusual unit, like BIWI)."""
+def _mesh_in_metres(mesh_path, fit_size: float | None, reference_size: float):
+    """(verts in metres, faces, scale) of a mesh: units snapped as the backend snaps them (against
+    the model's training head size), or scaled so the bounding-box diagonal is `fit_size` metres
+    (for scans in an unusual unit, like BIWI). Lip gaps are reported in mm, so metres matter."""
     from backend.framing import UNIT_SCALES, bbox, guess_units
     from backend.mesh_io import load_mesh
 
     verts, faces = load_mesh(mesh_path)
     _, diag = bbox(verts)
-    scale = fit_size / diag if fit_size else UNIT_SCALES[guess_units(diag, 0.348)]
+    scale = fit_size / diag if fit_size else UNIT_SCALES[guess_units(diag, reference_size)]
     return verts * scale, faces, scale
 
 
@@ -314,11 +314,14 @@ def report_model(mesh, lips, audios, out_dir, upper=None, checkpoint=None, fit_s
                  device="cpu", plots=True) -> dict:
     """Animate `mesh` with each (name, wav_path, transcript or None) and report."""
     from backend.audio_io import load_audio
-    from backend.inference import Session, animate
+    import torch
 
-    verts, faces, _ = _mesh_in_metres(mesh, fit_size)
-    lip = inner_lip(verts, faces, lips)
+    from backend.inference import Session, animate, resolve_checkpoint
+
     session = Session()
+    model, _ = session.model(resolve_checkpoint(checkpoint), torch.device(device))
+    verts, faces, _ = _mesh_in_metres(mesh, fit_size, model.cfg.frame_size)
+    lip = inner_lip(verts, faces, lips)
     reports, clips = [], {}
     for name, wav, text in audios:
         samples = load_audio(wav)
