@@ -54,6 +54,9 @@ class DataSection:
 @dataclass
 class LossSection:
     mse: float = 1.0  # all vertices
+    # Mean absolute error, all vertices (scaled units): squared mm all but ignore the sub-millimetre
+    # drift far from the mouth, where the face should hold exactly still; |error| does not.
+    mae: float = 0.0
     lip: float = 0.0  # lip vertices only (needs a lip mask)
     velocity: float = 0.0  # frame-to-frame differences
     velocity_axis: str = "time"  # "vertices" reproduces the official code's bug

@@ -1,6 +1,8 @@
 """Training losses on vertex sequences [T, V, 3].
 
 - `mse`: mean squared error over frames, vertices and coordinates.
+- `mae` (in `compute_losses`): mean absolute error, the same average: it keeps pulling on
+  sub-millimetre errors (far-field drift) that the squared error all but ignores.
 - `lip_mse`: the same on the lip vertices only.
 - `velocity_mse`: MSE between frame-to-frame differences, along TIME (x[t+1] - x[t]).
   `axis="vertices"` reproduces the official ScanTalk code, which differences neighbouring vertex
@@ -105,6 +107,7 @@ class GapInputs:
 @dataclass
 class LossWeights:
     mse: float = 1.0
+    mae: float = 0.0
     lip: float = 0.0
     velocity: float = 0.0
     velocity_axis: str = "time"
@@ -122,7 +125,7 @@ class LossWeights:
 
     @classmethod
     def from_section(cls, sec) -> "LossWeights":
-        return cls(mse=sec.mse, lip=sec.lip, velocity=sec.velocity, velocity_axis=sec.velocity_axis,
+        return cls(mse=sec.mse, mae=sec.mae, lip=sec.lip, velocity=sec.velocity, velocity_axis=sec.velocity_axis,
                    unit_scale=sec.unit_scale, gap=sec.gap, gap_closure_boost=sec.gap_closure_boost,
                    gap_closure_mm=sec.gap_closure_mm, gap_bilabial_boost=sec.gap_bilabial_boost,
                    lip_closure=sec.lip_closure, phone=sec.phone)
@@ -143,6 +146,9 @@ def compute_losses(pred: torch.Tensor, target: torch.Tensor, weights: LossWeight
     p, t = pred * s, target * s
     out = {"mse": mse(p, t)}
     total = weights.mse * out["mse"]
+    if weights.mae:
+        out["mae"] = (p - t).abs().mean()
+        total = total + weights.mae * out["mae"]
     if lips is not None and len(lips):
         out["lip"] = lip_mse(p, t, lips)
         total = total + weights.lip * out["lip"]
