@@ -6,12 +6,16 @@ gives the shape keys to write (`shapes`, each relative to the basis) and, per ke
 values of its F-curve. Every keyed value lies in [0, 1], so exporters and game engines that clamp
 morph-target weights (glTF importers, most engines) reproduce the motion.
 
-- EXACT: one shape key per frame, keyed 0/1/0 on frames f-1/f/f+1.
+- EXACT: one shape key per frame, keyed 0/1/0 on frames f-1/f/f+1. From a result file
+  (`exact_plan`) the per-frame shapes are read in chunks while the keys are written
+  (`Plan.shape_chunks`): the [T, V, 3] offsets are never in memory at once.
 - COMPACT: a basis of K keys (leading singular vectors of the offsets, K the smallest that keeps
   every vertex of every frame within `max_error`, checked on the data). A component's weight w in
   [lo, hi] (lo <= 0 <= hi) is stored as u = (w - lo) / (hi - lo) in [0, 1] on the key
   (hi - lo) * B; the constant part sum(lo * B) goes into one `bias` key keyed 1 over the clip.
   All keys are 0 on the frame before and after the clip, so the face is neutral outside it.
+  The backend computes the basis of a result file (backend/compact.py, streamed, on the GPU when
+  present); `plan_from_weights` turns its weights [T, K] and basis [K, V*3] into keys.
 """
 from __future__ import annotations
 
@@ -30,14 +34,34 @@ def smooth_time(x: np.ndarray, sigma: float) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if sigma <= 0 or x.shape[0] < 2:
         return x
-    r = max(1, int(math.ceil(3 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k = (k / k.sum()).astype(np.float32)
+    r, k = _gauss(sigma)
     T = x.shape[0]
     idx = np.clip(np.arange(-r, T + r), 0, T - 1)
     out = np.zeros_like(x)
     for j, w in enumerate(k):
         out += w * x[idx[j:j + T]]
+    return out
+
+
+def _gauss(sigma: float):
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    return r, (k / k.sum()).astype(np.float32)
+
+
+def smooth_frames(read, n_frames: int, a: int, b: int, sigma: float) -> np.ndarray:
+    """Frames a..b-1 of smooth_time(all frames, sigma), reading only frames a-r..b+r-1 through
+    `read(a, b) -> float32 [b - a, ...]`: the same numbers as smoothing the whole clip."""
+    if sigma <= 0 or n_frames < 2:
+        return np.asarray(read(a, b), np.float32)
+    r, k = _gauss(sigma)
+    lo, hi = max(0, a - r), min(n_frames, b + r)
+    x = np.asarray(read(lo, hi), np.float32)
+    idx = np.clip(np.arange(a - r, b + r), 0, n_frames - 1) - lo
+    n = b - a
+    out = np.zeros((n,) + x.shape[1:], np.float32)
+    for j, w in enumerate(k):
+        out += w * x[idx[j:j + n]]
     return out
 
 
@@ -208,21 +232,59 @@ def _search_k(D, tol, k_try):
 
 
 @dataclass
+class FrameSource:
+    """Exact mode's per-frame shapes, read from a result file chunk by chunk when written.
+
+    `open()` returns a context manager with `frames(a, b)` -> float32 [b - a, V, 3] (the reader
+    of result_file); `to_local` maps a block of model-frame offsets into object space."""
+
+    open: object
+    n_frames: int
+    n_vertices: int
+    to_local: object
+    strength: float = 1.0
+    smoothing: float = 0.0
+
+    def chunks(self, size: int):
+        """(first frame, float32 [n, V*3]) blocks covering the clip, strength and smoothing applied."""
+        T, N = self.n_frames, self.n_vertices * 3
+        with self.open() as r:
+            def read(a, b):
+                return self.to_local(r.frames(a, b)).reshape(b - a, N)
+
+            for a in range(0, T, size):
+                b = min(T, a + size)
+                block = smooth_frames(read, T, a, b, self.smoothing)
+                if self.strength != 1.0:
+                    block *= np.float32(self.strength)
+                yield a, block
+
+
+@dataclass
 class Plan:
     mode: str
     frames: int  # T
     frame_start: int
     names: list  # key name suffixes, e.g. "pc00" / "bias" / "f0017"
-    shapes: np.ndarray  # [n_keys, V*3] offsets of each key from the basis
+    shapes: np.ndarray | None  # [n_keys, V*3] offsets of each key from the basis (None: `source`)
     basis_size: int  # K (COMPACT) or T (EXACT)
     max_error: float
     strength: float
     smoothing: float
     weights: np.ndarray | None = None  # COMPACT: [T, n_keys] in [0, 1]
+    source: FrameSource | None = None  # EXACT from a file: the shapes, read while writing
 
     @property
     def vertex_count(self) -> int:
-        return self.shapes.shape[1] // 3
+        return self.source.n_vertices if self.source is not None else self.shapes.shape[1] // 3
+
+    def shape_chunks(self, size: int = 64):
+        """(first key, float32 [n, V*3]) blocks of the keys' shapes, in key order."""
+        if self.source is not None:
+            yield from self.source.chunks(size)
+            return
+        for a in range(0, len(self.shapes), size):
+            yield a, self.shapes[a:a + size]
 
     def curve(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(frames, values) of key i's F-curve, float32."""
@@ -264,6 +326,35 @@ def plan_result(offsets, frame_start: int, mode: str = "COMPACT", strength: floa
     W, B, err, K = compact_basis(D, tol, k_max=max(1, int(k_max)))
     if smoothing > 0:
         W = smooth_time(W, smoothing)
+    return plan_from_weights(W, B, frame_start, err, strength, smoothing)
+
+
+def exact_plan(source: FrameSource, frame_start: int) -> Plan:
+    """EXACT from a result file: one key per frame, shapes read in chunks while writing."""
+    T = int(source.n_frames)
+    if T == 0:
+        raise PlanError("The backend returned no frames (the audio is too short?).")
+    frame_start = int(frame_start)
+    return Plan(mode="EXACT", frames=T, frame_start=frame_start, names=[f"f{frame_start + i:04d}" for i in range(T)],
+                shapes=None, basis_size=T, max_error=0.0, strength=float(source.strength),
+                smoothing=float(source.smoothing), source=source)
+
+
+def plan_from_weights(W, B, frame_start: int, max_error: float, strength: float = 1.0,
+                      smoothing: float = 0.0) -> Plan:
+    """COMPACT keys for offsets ~= W @ B (weights [T, K], basis [K, V*3], strength and smoothing
+    already in W): each weight shifted into [0, 1] on a scaled key, plus a bias key."""
+    W = np.asarray(W, np.float32)
+    B = np.asarray(B, np.float32)
+    T, K = W.shape
+    if T == 0:
+        raise PlanError("The backend returned no frames (the audio is too short?).")
+    if B.shape[0] != K:
+        raise PlanError(f"The result has {K} weights per frame but {B.shape[0]} basis shapes.")
+    if not (np.isfinite(W.sum()) and np.isfinite(B.sum())):
+        raise PlanError("The backend returned NaN or infinite offsets; nothing was written.")
+    frame_start = int(frame_start)
+    common = dict(frames=T, frame_start=frame_start, strength=float(strength), smoothing=float(smoothing))
     lo = np.minimum(W.min(axis=0), 0.0) if K else np.zeros(0, np.float32)
     hi = np.maximum(W.max(axis=0), 0.0) if K else np.zeros(0, np.float32)
     span = hi - lo
@@ -276,4 +367,5 @@ def plan_result(offsets, frame_start: int, mode: str = "COMPACT", strength: floa
         shapes = np.concatenate([shapes, bias[None]])
         U = np.concatenate([U, np.ones((T, 1), np.float32)], axis=1)
         names.append("bias")
-    return Plan(mode=mode, names=names, shapes=shapes, weights=U, basis_size=K, max_error=float(err), **common)
+    return Plan(mode="COMPACT", names=names, shapes=shapes, weights=U, basis_size=K, max_error=float(max_error),
+                **common)

@@ -18,6 +18,7 @@ STAGE_LABELS = {
     "operators": "Computing mesh operators",
     "audio": "Encoding speech",
     "decode": "Predicting motion",
+    "compact": "Fitting the Compact basis",
     "write": "Saving result",
     "result": "Reading the result",
     "keys": "Writing shape keys",

@@ -161,6 +161,8 @@ class SCANTALK_OT_animate(bpy.types.Operator):
         """Preferences are read here, once, and passed down as plain values."""
         pv = prefs.values(context)
         prep = pipeline.prepare(context, pipeline.Settings.gather(context, self, pv))
+        for text in prep.notices:  # before the job: e.g. an Exact result that will be huge
+            _report_lines(self, "WARNING", f"ScanTalk: {text}")
         return prep, AnimateJob(lambda: runtime.get_worker(pv.python_path), prep.fields)
 
     # -- synchronous (scripts, background) -----------------------------------------------------

@@ -16,12 +16,13 @@ import os
 import shutil
 import tempfile
 import threading
+import zipfile
 from dataclasses import dataclass, field
 
 import bpy
 import numpy as np
 
-from . import audio_source, basis, companions, mesh_export, rig, writeback
+from . import audio_source, basis, companions, estimate, mesh_export, result_file, rig, writeback
 from .audio_source import AudioSourceError
 from .mesh_export import MeshExportError
 from .properties import OBJECT_SETTINGS
@@ -98,6 +99,7 @@ class Prepared:
     temp_dir: str
     warnings: list = field(default_factory=list)
     rig: dict | None = None  # Rig mode: names, deltas_local, ranges, companions (object names)
+    notices: list = field(default_factory=list)  # said when the job starts (e.g. Exact's size)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
@@ -133,8 +135,19 @@ def prepare(context, settings: Settings) -> Prepared:
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    notices = []
+    if settings.mode == "EXACT":
+        level, text = exact_cost(audio, export.stats["vertices"])
+        if level == "ERROR":
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise PipelineError(text)
+        if text:
+            notices.append(text)
     fields = {"mesh": export.path, "out": os.path.join(tmp, "result.npz"), "checkpoint": ckpt or None,
               "device": settings.device, "normalize": "auto", **audio.request_fields()}
+    if settings.mode == "COMPACT":  # the backend fits the basis; Blender receives K shapes + weights
+        fields["compact"] = {"max_error_mm": float(settings.max_error_mm), "k_max": int(settings.max_basis),
+                             "strength": float(settings.strength), "smoothing": float(settings.smoothing)}
     rig_input = None
     if settings.mode == "RIG":
         try:
@@ -143,7 +156,25 @@ def prepare(context, settings: Settings) -> Prepared:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return Prepared(object_name=obj.name, scene_name=scene.name, settings=settings, export=export, audio=audio,
-                    fields=fields, temp_dir=tmp, warnings=[*audio.warnings, *export.warnings], rig=rig_input)
+                    fields=fields, temp_dir=tmp, warnings=[*audio.warnings, *export.warnings], rig=rig_input,
+                    notices=notices)
+
+
+def clip_frames(audio: audio_source.AudioSpec) -> int | None:
+    """Frames the backend will return for `audio` (None when its length cannot be told cheaply)."""
+    seconds = audio.duration
+    if seconds is None:
+        length = audio_source._sound_seconds(audio.path) or estimate.wav_seconds(audio.path)
+        seconds = None if length is None else max(0.0, length - max(audio.start, 0.0))
+    return None if seconds is None else int(seconds * audio.fps) + 1
+
+
+def exact_cost(audio: audio_source.AudioSpec, vertices: int) -> tuple[str, str]:
+    """estimate.exact_check for this clip and mesh, before the job ("", "" if the length is unknown)."""
+    frames = clip_frames(audio)
+    if frames is None:
+        return "", ""
+    return estimate.exact_check(frames, vertices, estimate.physical_memory())
 
 
 def _prepare_rig(obj, settings: Settings, export, tmp: str, fields: dict) -> dict:
@@ -185,15 +216,15 @@ def metres_per_unit(meta: dict, neutral_local: np.ndarray) -> float:
     return min(units.values(), key=lambda s: abs(math.log(diag * s / TYPICAL_HEAD_DIAGONAL_M)))
 
 
-def load_result(path: str) -> tuple[np.ndarray, float, dict]:
+def open_result(path: str):
+    """The backend's result file, opened for reading by frame ranges (result_file.py)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            offsets = np.asarray(data["offsets"], dtype=np.float32)
-            fps = float(data["fps"]) if "fps" in data else float("nan")
-            meta = json.loads(str(data["meta"])) if "meta" in data else {}
-    except (OSError, KeyError, ValueError) as exc:
+        return result_file.open_result(path)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise PipelineError(f"Could not read the backend's result {path}: {exc}") from exc
-    return offsets, fps, meta
+
+
+EXACT_CHUNK = 64  # frames read at once when checking and writing Exact keys (V*3*4 bytes each)
 
 
 @dataclass
@@ -209,10 +240,9 @@ def _compute_rig(prep: Prepared, result: dict) -> Computed:
     path = result.get("out") or prep.fields["out"]
     try:
         fit = rig.read_fit(path)
-        with np.load(path, allow_pickle=False) as d:
-            fps = float(d["fps"]) if "fps" in d else float("nan")
-            meta = json.loads(str(d["meta"])) if "meta" in d else {}
-    except (OSError, KeyError, ValueError) as exc:
+        with result_file.open_result(path) as r:
+            fps, meta = r.fps, r.meta
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise PipelineError(f"Could not read the backend's rig weights from {path}: {exc}") from exc
     if math.isfinite(fps) and abs(fps - prep.audio.fps) > 1e-3:
         raise PipelineError(f"The backend returned {fps:g} fps for a {prep.audio.fps:g} fps scene.")
@@ -243,23 +273,29 @@ def _compute_rig(prep: Prepared, result: dict) -> Computed:
 
 
 def compute(prep: Prepared, result: dict) -> Computed:
-    """Read the backend's offsets and fit what to store. Plain numpy, no bpy: safe on a thread."""
+    """Read what the backend wrote and plan the keys. Plain numpy, no bpy: safe on a thread.
+    Neither mode loads the [T, V, 3] offsets: Compact reads the backend's basis and weights,
+    Exact checks the frames chunk by chunk here and reads them again while writing."""
     if prep.settings.mode == "RIG":
         return _compute_rig(prep, result)
-    offsets, fps, meta = load_result(result.get("out") or prep.fields["out"])
-    if math.isfinite(fps) and abs(fps - prep.audio.fps) > 1e-3:
-        raise PipelineError(f"The backend returned {fps:g} fps for a {prep.audio.fps:g} fps scene.")
+    path = result.get("out") or prep.fields["out"]
     s = prep.settings
     V = len(prep.export.neutral_local)
-    if offsets.ndim != 3 or offsets.shape[1] != V:
-        raise PipelineError(f"The result has shape {list(offsets.shape)} but the mesh has {V} vertices.")
-    off_local = prep.export.offsets_to_local(offsets)
-    mpu = metres_per_unit(meta, prep.export.neutral_local)
-    try:
-        plan = basis.plan_result(off_local, prep.audio.frame_start, s.mode, s.strength, s.smoothing,
-                                 s.max_error_mm / 1000.0 / mpu, s.max_basis)
-    except basis.PlanError as exc:
-        raise PipelineError(str(exc)) from exc
+    with open_result(path) as r:
+        fps, meta, T = r.fps, r.meta, r.n_frames
+        if math.isfinite(fps) and abs(fps - prep.audio.fps) > 1e-3:
+            raise PipelineError(f"The backend returned {fps:g} fps for a {prep.audio.fps:g} fps scene.")
+        if r.n_vertices != V:
+            raise PipelineError(f"The result has {r.n_vertices} vertices but the mesh has {V}.")
+        try:
+            if s.mode == "COMPACT":
+                plan, mpu = _compact_plan(prep, r)
+            else:
+                plan, mpu = _exact_plan(prep, r, path), metres_per_unit(meta, prep.export.neutral_local)
+        except basis.PlanError as exc:
+            raise PipelineError(str(exc)) from exc
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise PipelineError(f"Could not read the backend's result {path}: {exc}") from exc
     extra = {
         "audio": prep.audio.label, "audio_path": prep.audio.path if not prep.audio.temp else "(packed)",
         "audio_start": prep.audio.start, "fps": prep.audio.fps, "axes": prep.export.axes,
@@ -267,6 +303,38 @@ def compute(prep: Prepared, result: dict) -> Computed:
         "device": result.get("device") or meta.get("device"), "model": meta.get("model"),
     }
     return Computed(plan=plan, metres_per_unit=mpu, extra=extra)
+
+
+def _compact_plan(prep: Prepared, r) -> tuple[basis.Plan, float]:
+    """The backend's basis [K, V, 3] (model frame) and weights [T, K], strength and smoothing
+    already applied, as keys; the basis turns into object space like offsets (a rotation)."""
+    if not (r.has("compact_weights") and r.has("compact_basis")):
+        raise PipelineError("The backend's result has no Compact basis (an older backend?): press "
+                            "'Repair backend' in the preferences, or use Exact mode.")
+    W = np.asarray(r.array("compact_weights"), np.float32)
+    B = prep.export.offsets_to_local(r.array("compact_basis"))
+    report = json.loads(str(r.array("compact_report"))) if r.has("compact_report") else {}
+    if W.shape[0] != r.n_frames:
+        raise PipelineError(f"The backend's Compact weights cover {W.shape[0]} of {r.n_frames} frames.")
+    s = prep.settings
+    plan = basis.plan_from_weights(W, B.reshape(len(B), -1), prep.audio.frame_start,
+                                   float(report.get("max_error", float("nan"))), s.strength, s.smoothing)
+    mpu = float(report.get("metres_per_unit") or metres_per_unit(r.meta, prep.export.neutral_local))
+    return plan, mpu
+
+
+def _exact_plan(prep: Prepared, r, path: str) -> basis.Plan:
+    level, text = estimate.exact_check(r.n_frames, r.n_vertices, estimate.physical_memory())
+    if level == "ERROR":  # the clip's length was unknown before the job (e.g. an mp3 under bpy 4.2)
+        raise PipelineError(text + " Nothing was written.")
+    for _, block in r.iter_chunks(EXACT_CHUNK):  # refuse NaN before anything is written
+        if not np.isfinite(block.sum()):
+            raise basis.PlanError("The backend returned NaN or infinite offsets; nothing was written.")
+    s = prep.settings
+    source = basis.FrameSource(open=lambda: result_file.open_result(path), n_frames=r.n_frames,
+                               n_vertices=r.n_vertices, to_local=prep.export.offsets_to_local,
+                               strength=s.strength, smoothing=s.smoothing)
+    return basis.exact_plan(source, prep.audio.frame_start)
 
 
 class ComputeThread:

@@ -1,4 +1,6 @@
 """The ScanTalk sidebar panel (3D View > Sidebar > ScanTalk)."""
+import os
+
 import bpy
 
 from . import audio_source, prefs, runtime, writeback
@@ -49,6 +51,10 @@ class VIEW3D_PT_scantalk(bpy.types.Panel):
             col.label(text=obj.name, icon="MESH_DATA")
             col.prop(ob, "checkpoint")
             col.prop(ob, "mode")
+            if ob.mode == "EXACT":
+                level, text = _exact_cost(context, obj)
+                for i, line in enumerate(_wrap(text, lines=10) if text else ()):
+                    col.label(text=line, icon=("ERROR" if level == "ERROR" else "INFO") if i == 0 else "BLANK1")
             if ob.mode == "COMPACT":
                 col.prop(ob, "max_error_mm")
             elif ob.mode == "RIG":
@@ -61,6 +67,9 @@ class VIEW3D_PT_scantalk(bpy.types.Panel):
         if run is not None:
             box = layout.box()
             box.progress(factor=run.fraction, text=run.progress_text)
+            for text in run.prep.notices:
+                for i, line in enumerate(_wrap(text, lines=10)):
+                    box.label(text=line, icon="INFO" if i == 0 else "BLANK1")
             if run.job.message and not run.cancelling and run.phase == "backend":
                 box.label(text=run.job.message)
             box.operator("scantalk.cancel", icon="CANCEL")
@@ -115,10 +124,41 @@ def _draw_rig_settings(col, obj, ob):
         box.label(text="Lower teeth, tongue: + adds the selected objects")
 
 
-def _wrap(text: str, width: int = 48) -> list[str]:
+_length_cache: dict = {}
+
+
+def _exact_cost(context, obj) -> tuple[str, str]:
+    """What Exact would cost for the chosen strip or file on this mesh (estimate.exact_check);
+    ("", "") when the clip cannot be told without reading audio (lengths of files are cached)."""
+    from . import estimate
+
+    st = context.scene.scantalk
+    try:
+        if st.source == "FILE":
+            if not st.audio_path:
+                return "", ""
+            path = bpy.path.abspath(st.audio_path)
+            key = (path, os.path.getmtime(path) if os.path.isfile(path) else None)
+            if key not in _length_cache:
+                _length_cache.clear()
+                _length_cache[key] = audio_source._sound_seconds(path) or estimate.wav_seconds(path)
+            seconds = _length_cache[key]
+        else:
+            owner = audio_source.strip_scene(context.scene, audio_source.sequencer_scene(context))
+            strip, _ = audio_source.choose_strip(owner, st.strip or None)
+            seconds = audio_source.strip_timing(strip, audio_source.scene_fps(owner))[2]
+    except (audio_source.AudioSourceError, OSError):
+        return "", ""
+    if not seconds:
+        return "", ""
+    frames = int(seconds * audio_source.scene_fps(context.scene)) + 1
+    return estimate.exact_check(frames, len(obj.data.vertices), estimate.physical_memory())
+
+
+def _wrap(text: str, width: int = 48, lines: int = 6) -> list[str]:
     import textwrap
 
-    return [ln for para in text.splitlines() for ln in textwrap.wrap(para, width)][:6]
+    return [ln for para in text.splitlines() for ln in textwrap.wrap(para, width)][:lines]
 
 
 def register():

@@ -359,12 +359,16 @@ def write_plan(obj, plan: Plan, extra: dict | None = None, timings: dict | None 
         finals = _unique([PREFIX + s for s in plan.names], {kb.name for kb in key.key_blocks if kb.name not in old})
         act = bpy.data.actions.new(name=f"{TEMP}{obj.name}")
         fcurves = _action_fcurves(act, key)
-        for i, suffix in enumerate(plan.names):
-            kb = obj.shape_key_add(name=TEMP + suffix, from_mix=False)
-            temp_keys.append(kb.name)
-            _points(kb).foreach_set("co", basis + plan.shapes[i])
-            if progress is not None and i % step == 0:
-                progress(0.8 * i / n)
+        for a, block in plan.shape_chunks():  # Exact from a file: read a chunk of frames at a time
+            for j, shape in enumerate(block):
+                i = a + j
+                kb = obj.shape_key_add(name=TEMP + plan.names[i], from_mix=False)
+                temp_keys.append(kb.name)
+                _points(kb).foreach_set("co", basis + shape)
+                if progress is not None and i % step == 0:
+                    progress(0.8 * i / n)
+        if len(temp_keys) != n:
+            raise WritebackError(f"The result holds {len(temp_keys)} shapes for {n} keys; run Animate again.")
         tm["keys"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         for i, final in enumerate(finals):  # paths name the final keys: nothing evaluates them yet

@@ -766,3 +766,41 @@ def test_prefs_and_runtime_do_not_import_each_other():
     assert "prefs" not in src.replace("preference", "")
     for name in ("pipeline.py", "runtime.py", "writeback.py", "job.py"):
         assert "prefs.get(" not in (ROOT / "blender_addon" / name).read_text(), name
+
+
+def test_smooth_frames_reads_a_window_and_equals_smoothing_the_clip():
+    x = np.random.default_rng(3).standard_normal((50, 4)).astype(np.float32)
+    reads = []
+
+    def read(a, b):
+        reads.append((a, b))
+        return x[a:b]
+
+    whole = basis.smooth_time(x, 1.7)
+    for a, b in [(0, 7), (7, 30), (30, 50), (49, 50)]:
+        assert np.allclose(basis.smooth_frames(read, 50, a, b, 1.7), whole[a:b], atol=1e-6)
+    assert max(b - a for a, b in reads) <= 23 + 2 * 6  # the block and the kernel's reach either side
+
+
+def test_plan_from_the_backends_weights_keys_0_1_and_rebuilds_them():
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((30, 3)).astype(np.float32)
+    W[:, 2] = np.abs(W[:, 2])  # a weight that is never negative needs no bias
+    B = rng.standard_normal((3, 60)).astype(np.float32)
+    plan = basis.plan_from_weights(W, B, 5, max_error=1e-5)
+    assert plan.names[-1] == "bias" and plan.basis_size == 3 and plan.max_error == 1e-5
+    assert plan.weights.min() >= 0 and plan.weights.max() <= 1
+    assert np.allclose(plan.weights @ plan.shapes, W @ B, atol=1e-5)
+    with pytest.raises(basis.PlanError, match="NaN"):
+        basis.plan_from_weights(W * np.nan, B, 5, 0.0)
+
+
+def test_exact_size_estimate_warns_then_refuses():
+    from blender_addon import estimate
+
+    assert estimate.exact_check(300, 50_000, 16 << 30) == ("", "")
+    level, text = estimate.exact_check(1800, 50_000, 16 << 30)  # 60 s at 30 fps: 1.08 GB
+    assert level == "WARNING" and "1.1 GB" in text and "Compact mode stores" in text
+    level, text = estimate.exact_check(18_000, 50_000, 16 << 30)  # 10 min: 10.8 GB of keys
+    assert level == "ERROR" and "10.8 GB" in text and "Use Compact" in text
+    assert estimate.physical_memory() is None or estimate.physical_memory() > 1 << 28

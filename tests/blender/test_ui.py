@@ -52,9 +52,11 @@ def test_panel_states(scene, addon):
     ops = importlib.import_module(PKG + ".operators")
     j = job.AnimateJob(lambda: None, {})
     j.stage, j.fraction = "decode", 0.5
-    rt.active = run = ops.Running(types.SimpleNamespace(cleanup=lambda: None), j)
+    notice = "Exact mode writes 4,000 shape keys of 2,562 vertices"  # said before the job, shown during it
+    rt.active = run = ops.Running(types.SimpleNamespace(cleanup=lambda: None, notices=[notice]), j)
     try:
         lay = draw_panel()
+        assert any(notice.startswith(t) for t in lay.texts("label"))
         prog = [kw for n, a, kw in lay.calls if n == "progress"]
         assert prog and prog[0]["factor"] == pytest.approx(0.45) and "Predicting motion 45%" in prog[0]["text"]
         assert "scantalk.cancel" in lay.ops() and "scantalk.animate" not in lay.ops()
