@@ -3,6 +3,7 @@ of the worker, batch throughput, float16 error (run on demand, not by CI).
 
     nice -n 19 .venv/bin/python tests/bench/bench_streaming.py [--json out.json]
         [--real 20,60] [--stub 1,10,60] [--stub-50k 1,10] [--baseline f422577] [--skip ...]
+        [--real-before-max-s 60] [--before-max-min 10] [--compact-min 10]
 
 Every run is a separate `python -m backend animate` process whose peak RSS is read with wait4.
 "before" runs the same command from a git worktree of `--baseline` (the last commit before
@@ -14,6 +15,8 @@ streaming), "after" runs this checkout, in the same session.
   Everything else is the real pipeline: audio loading and windowed encoding, BiLSTM, framing,
   resampling, the result file. This measures what memory does with length without hours of
   decoding on a loaded 2-core box; the decoder's own memory is one chunk of frames (bounded).
+- `*_compact`: the same clip again with `--compact 0.1`: the backend's Compact basis
+  (backend/compact.py) read back from the streamed file; its line (K, error, seconds) is kept.
 - cold/warm: time from spawning `serve` to `ready`, to the first `progress` event and to the
   `result` of a 4 s clip at 5k vertices; cold = fresh process and empty operator cache; warm =
   a second request to the same worker.
@@ -115,6 +118,9 @@ def animate_case(code_root: Path, stub: bool, mesh: Path, audio: Path, out: Path
     cmd = [sys.executable, "-c", RUNNER, str(code_root), "1" if stub else "0", "animate", "--mesh", str(mesh),
            "--audio", str(audio), "--out", str(out), *extra]
     r = run_rss_wait4(cmd, env, log)
+    compact = [ln for ln in Path(log).read_text().splitlines() if ln.startswith("added a Compact basis")]
+    if compact:
+        r["compact"] = compact[-1]
     if out.exists():
         r["file_mb"] = round(out.stat().st_size / 2**20, 1)
         out.unlink()
@@ -167,10 +173,15 @@ def main():
     ap.add_argument("--before-max-min", type=float, default=10.0,
                     help="longest stub clip run on the baseline (it holds every frame several times)")
     ap.add_argument("--baseline", default="f422577")
+    ap.add_argument("--real-before-max-s", type=float, default=60.0,
+                    help="longest real clip run on the baseline (it holds every frame several times)")
+    ap.add_argument("--compact-min", default="10",
+                    help="minutes (of --stub / --stub-50k) also run with --compact 0.1 (the backend's basis)")
     ap.add_argument("--batch-rows", type=int, default=6)
     ap.add_argument("--skip", default="", help="comma list of: real,stub,stub50k,start,batch,f16")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    compact_min = set(map(float, filter(None, args.compact_min.split(","))))
     import torch
 
     torch.set_num_threads(1)  # the in-process float16 check, like the children
@@ -192,6 +203,8 @@ def main():
         for sec in map(float, filter(None, args.real.split(","))):
             audio = speech(sec, tmp / f"{sec:g}s.wav")
             for name, code in (("after", ROOT), ("before", base)):
+                if name == "before" and sec > args.real_before_max_s:
+                    continue
                 r = animate_case(code, False, FLAME, audio, tmp / "o.npz", env, tmp / "real.log")
                 res[f"real_5k_{sec:g}s_{name}"] = r
                 show()
@@ -204,6 +217,10 @@ def main():
                 res[f"stub_5k_{mins:g}min_{name}"] = animate_case(code, True, FLAME, audio, tmp / "o.npz", env,
                                                                   tmp / "stub.log")
                 show()
+            if mins in compact_min:
+                res[f"stub_5k_{mins:g}min_after_compact"] = animate_case(
+                    ROOT, True, FLAME, audio, tmp / "o.npz", env, tmp / "stub.log", extra=("--compact", "0.1"))
+                show()
     if "stub50k" not in skip:
         mesh = head_50k(tmp)
         animate_case(ROOT, True, mesh, tmp / "4s.wav", tmp / "w.npz", env, tmp / "w.log")  # operators
@@ -214,6 +231,10 @@ def main():
                     continue
                 res[f"stub_50k_{mins:g}min_{name}"] = animate_case(code, True, mesh, audio, tmp / "o.npz", env,
                                                                    tmp / "stub50.log")
+                show()
+            if mins in compact_min:
+                res[f"stub_50k_{mins:g}min_after_compact"] = animate_case(
+                    ROOT, True, mesh, audio, tmp / "o.npz", env, tmp / "stub50.log", extra=("--compact", "0.1"))
                 show()
     if "start" not in skip:
         four = speech(4.0, tmp / "4s.wav")
