@@ -155,3 +155,13 @@ def test_worker_appends_a_basis_within_max_error(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+@pytest.mark.parametrize("args, msg", [(["--compact-k-max", "5"], "need --compact"),
+                                       (["--compact", "0"], "compact.max_error_mm must be greater than 0"),
+                                       (["--compact", "0.1", "--compact-k-max", "9999"], "at most 512")])
+def test_cli_refuses_bad_compact_options_with_exit_code_2(tmp_path, args, msg):
+    p = subprocess.run([sys.executable, "-m", "backend", "animate", "--mesh", "m.obj", "--audio", "a.wav",
+                        "--out", str(tmp_path / "o.npz"), *args], capture_output=True, text=True, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.returncode == 2 and msg in p.stderr, p.stderr
