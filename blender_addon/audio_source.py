@@ -114,7 +114,7 @@ def choose_strip(scene, name: str | None = None):
     live = [s for s in sounds if not is_muted(scene, s)]
     if not live:
         raise AudioSourceError("All sound strips are muted. Unmute one or pick it by name in the ScanTalk panel.")
-    live.sort(key=lambda s: (s.frame_final_start, s.channel, s.name))
+    live.sort(key=lambda s: (strip_frames(s)[0], s.channel, s.name))
     note = ""
     if len(live) > 1:
         note = (f"used strip '{live[0].name}', the first of {len(live)} unmuted sound strips "
@@ -162,12 +162,22 @@ def sound_file(sound, temp_dir: str | None = None) -> tuple[str, bool]:
     return path, False
 
 
+def strip_frames(strip) -> tuple[float, float, float]:
+    """(left handle, right handle (exclusive), content start) of a strip, in scene frames.
+    Blender 5.2 renamed frame_final_start/frame_final_end/frame_start to left_handle/right_handle/
+    content_start and deprecates the old names (removed in 6.0); older versions have only those."""
+    if hasattr(strip, "left_handle"):
+        return strip.left_handle, strip.right_handle, strip.content_start
+    return strip.frame_final_start, strip.frame_final_end, strip.frame_start
+
+
 def strip_timing(strip, fps: float) -> tuple[int, float, float]:
     """(first scene frame, start seconds into the sound, duration seconds) of a strip's audible part.
     start is negative when the strip's sound offset makes it begin before its audio."""
-    first = int(round(strip.frame_final_start))
-    last = int(round(strip.frame_final_end))  # exclusive
-    start = (strip.frame_final_start - strip.frame_start) / fps + float(getattr(strip, "sound_offset", 0.0) or 0.0)
+    left, right, content = strip_frames(strip)
+    first = int(round(left))
+    last = int(round(right))  # exclusive
+    start = (left - content) / fps + float(getattr(strip, "sound_offset", 0.0) or 0.0)
     # start < 0 (a negative sound offset): the backend pads that much silence before the audio
     return first, start, max(0, last - first) / fps
 

@@ -1,4 +1,4 @@
-"""Run the add-on tests (tests/blender) under real Blender: bpy 5.0 and bpy 4.2 LTS from PyPI.
+"""Run the add-on tests (tests/blender) under real Blender: bpy 5.2 LTS, 5.0 and 4.2 LTS from PyPI.
 
 bpy needs its own interpreter (one Blender version per venv), so this test starts each venv's
 Python on tests/blender; the backend worker runs in this interpreter (SCANTALK_BACKEND_PYTHON).
@@ -14,7 +14,9 @@ import pytest
 
 from tests.conftest import ROOT
 
-DEFAULT = {"bpy 5.0": ROOT / ".venv-bpy50" / "bin" / "python", "bpy 4.2": ROOT / ".venv-bpy42" / "bin" / "python"}
+DEFAULT = {"bpy 5.2": ROOT / ".venv-bpy52" / "bin" / "python",  # newest supported (Python 3.13)
+           "bpy 5.0": ROOT / ".venv-bpy50" / "bin" / "python",
+           "bpy 4.2": ROOT / ".venv-bpy42" / "bin" / "python"}  # oldest supported
 
 
 def _pythons():

@@ -4,6 +4,7 @@ messages for bad input. No backend needed: all of this fails or finishes before 
 import importlib
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -48,6 +49,18 @@ def test_strip_timing_at_24fps_trimmed_and_offset(scene, audio, wav):
     assert spec.start == pytest.approx(5 / 24)
     assert spec.duration == pytest.approx((s.frame_final_end - 22) / 24)
     assert spec.path == os.path.normpath(str(wav)) and not spec.temp
+
+
+@needs_audio
+def test_strip_timing_uses_no_deprecated_strip_api(scene, audio, wav):
+    # Blender 5.2 deprecates frame_final_start/_end and frame_start (gone in 6.0): reading a strip
+    # must not touch them where the new names exist.
+    s = H.sound_strips_collection(scene).new_sound("voice", str(wav), channel=2, frame_start=17)
+    s.frame_offset_start = 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        spec = audio.resolve(scene)
+    assert spec.frame_start == 20 and spec.start == pytest.approx(3 / 24)
 
 
 @needs_audio
