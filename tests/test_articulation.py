@@ -177,6 +177,23 @@ def test_upper_face_motion_and_silence_motion():
     assert s["silence_lip_motion_mm"] == pytest.approx(2.0 * 3 / quiet.sum(), abs=1e-3)  # rounded to µm
 
 
+def test_far_field_motion_counts_only_vertices_far_from_the_lips():
+    verts, faces, lips = slit_sheet()
+    lip = inner_lip(verts, faces, lips)
+    n = int(2.5 * FPS) + 1
+    seq = np.repeat(verts[None], n, axis=0)
+    far = art.far_field(verts, lips)
+    diag = np.linalg.norm(verts.max(0) - verts.min(0))
+    centre = verts[lips].mean(0)
+    assert len(far) and (np.linalg.norm(verts[far] - centre, axis=1) > 0.25 * diag).all()
+    assert not np.isin(lips, far).any()
+    seq[:, far, 2] += 0.0007   # the corners (shoulders) drift 0.7 mm
+    seq[:, lips, 2] += 0.003   # the lips move a lot: not far field
+    s = art.measure_clip("f", seq, verts, lip, PHONES, FPS, lips=lips).summary()
+    assert s["speech_far_field_motion_mm"] == pytest.approx(0.7, abs=1e-6)
+    assert art.measure_clip("g", seq, verts, lip, PHONES, FPS).summary()["speech_far_field_motion_mm"] is None
+
+
 @pytest.mark.parametrize("lag", [-2, 0, 1, 3])
 def test_lag_of_mouth_behind_the_sound(lag):
     rng = np.random.default_rng(0)

@@ -18,6 +18,8 @@ Measures, per clip and pooled over clips (REPORT/articulation.json, one PNG per 
 - lip motion in silence: mean displacement of the lip vertices from the neutral in silent frames
   more than 100 ms away from any speech phone;
 - upper-face motion: mean displacement of the upper-face vertices during speech;
+- far-field motion: the same for the vertices farther from the lips' centre than a quarter of the
+  mesh's bounding-box diagonal (back of the head, neck, shoulders: speech should not move them);
 - lag: the frame shift that maximises the cross-correlation of the mouth opening with the speech
   envelope (RMS per frame), within ±10 frames; positive = the mouth moves after the sound.
 
@@ -44,6 +46,7 @@ CLOSURE_FRACTION = 0.2   # of the speech-time opening range, above the neutral g
 SILENCE_MARGIN = 0.100   # s away from any speech phone for a frame to count as silence
 MAX_LAG = 10             # frames
 GAP_FLOOR = 1e-4         # m: the bilabial mean used in the ratio is at least 0.1 mm
+FAR_FIELD_FRACTION = 0.25  # of the bounding-box diagonal from the lips: "far from the mouth"
 
 
 def normalise_phone(p: str) -> str:
@@ -64,6 +67,7 @@ class ClipReport:
     bilabial_openings: list = field(default_factory=list)  # m, one per bilabial
     silence_lip_motion: list = field(default_factory=list)  # m, per silent frame
     speech_upper_motion: list = field(default_factory=list)  # m, per speech frame
+    speech_far_motion: list = field(default_factory=list)  # m, per speech frame
     lag_frames: int | None = None
     lag_corr: float | None = None
 
@@ -121,6 +125,13 @@ def opening_lag(opening: np.ndarray, env: np.ndarray, max_lag: int = MAX_LAG) ->
     return best
 
 
+def far_field(neutral: np.ndarray, lips) -> np.ndarray:
+    """Vertices farther from the lip vertices' centroid than FAR_FIELD_FRACTION of the diagonal."""
+    lo, hi = neutral.min(0), neutral.max(0)
+    dist = np.linalg.norm(neutral - neutral[np.asarray(lips)].mean(0), axis=1)
+    return np.flatnonzero(dist > FAR_FIELD_FRACTION * float(np.linalg.norm(hi - lo)))
+
+
 def measure_clip(name: str, seq, neutral, lip: InnerLip, phones, fps: float, lips=None, upper=None,
                  samples=None, sr: int = 16000) -> ClipReport:
     """Measures of one clip. seq [T, V, 3] and neutral [V, 3] in metres, y up; phones
@@ -151,6 +162,11 @@ def measure_clip(name: str, seq, neutral, lip: InnerLip, phones, fps: float, lip
     if upper is not None and len(upper) and speech.any():
         d = np.linalg.norm(seq[speech][:, upper] - neutral[upper], axis=-1).mean(axis=1)
         rep.speech_upper_motion = d.tolist()
+    if lips is not None and len(lips) and speech.any():
+        far = far_field(neutral, lips)
+        if len(far):
+            d = np.linalg.norm(seq[speech][:, far] - neutral[far], axis=-1).mean(axis=1)
+            rep.speech_far_motion = d.tolist()
     if samples is not None:
         rep.lag_frames, rep.lag_corr = opening_lag(gap - g0, envelope(samples, sr, fps, n))
     return rep
@@ -163,6 +179,7 @@ def summarise(reports) -> dict:
     bo = [v for r in reports for v in r.bilabial_openings]
     sil = [v for r in reports for v in r.silence_lip_motion]
     upp = [v for r in reports for v in r.speech_upper_motion]
+    far = [v for r in reports for v in r.speech_far_motion]
     lags = [r.lag_frames for r in reports if r.lag_frames is not None]
     closed = sum(1 for b in bil if b[4])
     mv = float(np.mean(vow)) if vow else None
@@ -177,6 +194,7 @@ def summarise(reports) -> dict:
         "open_to_bilabial_ratio": _r(mv / max(mb, GAP_FLOOR), 2) if mv is not None and mb is not None else None,
         "silence_lip_motion_mm": _r(np.mean(sil) * mm) if sil else None,
         "speech_upper_face_motion_mm": _r(np.mean(upp) * mm) if upp else None,
+        "speech_far_field_motion_mm": _r(np.mean(far) * mm) if far else None,
         "lag_frames_median": _r(float(np.median(lags)), 1) if lags else None,
         "lag_frames": lags,
     }
