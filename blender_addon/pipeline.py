@@ -2,7 +2,7 @@
 
     prep = prepare(context, settings)      # validate, export mesh, resolve audio (touches nothing)
     job = AnimateJob(factory, prep.fields) # the backend works (job.py)
-    computed = compute(prep, job.result)   # read offsets, fit the basis (no bpy: a thread may run it)
+    computed = compute(prep, job.result)   # plan the keys from the result file (no bpy: a thread may run it)
     summary = write(context, prep, computed)   # write shape keys, action, NLA strip
 
 `apply_result` is the last two in one call. Every failure raises PipelineError with a message for
@@ -282,7 +282,7 @@ def compute(prep: Prepared, result: dict) -> Computed:
     s = prep.settings
     V = len(prep.export.neutral_local)
     with open_result(path) as r:
-        fps, meta, T = r.fps, r.meta, r.n_frames
+        fps, meta = r.fps, r.meta
         if math.isfinite(fps) and abs(fps - prep.audio.fps) > 1e-3:
             raise PipelineError(f"The backend returned {fps:g} fps for a {prep.audio.fps:g} fps scene.")
         if r.n_vertices != V:
