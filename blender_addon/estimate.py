@@ -8,6 +8,7 @@ motion within Max Error in at most Max Basis Keys keys.
 from __future__ import annotations
 
 import os
+import shutil
 
 BYTES_PER_VERTEX = 12
 # Blender holds the key data and, after the operator, an undo copy of it
@@ -65,6 +66,23 @@ def exact_check(frames: int, vertices: int, memory: int | None = None) -> tuple[
         slow = f"; over {KEYS_WARN:,} keys also slow down scrubbing" if frames > KEYS_WARN else ""
         return "WARNING", f"{what}): the .blend grows by about {_size(data)}{slow}. {compact}."
     return "", ""
+
+
+def disk_check(frames: int, vertices: int, folder: str, free: int | None = None) -> str:
+    """"" when the backend's result file (every frame's offsets, whatever the mode: Compact and Rig
+    are fitted from it) fits on the disk of `folder`; otherwise the error to show."""
+    need = int(frames) * int(vertices) * BYTES_PER_VERTEX
+    if free is None:
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return ""
+    if need * 1.05 + (64 << 20) <= free:
+        return ""
+    return (f"The backend writes the whole result ({_size(need)}: {int(frames):,} frames of {int(vertices):,} "
+            f"vertices) to {folder} before Blender reads it, and that disk has only {_size(free)} free. "
+            f"Free some space there, set TMPDIR (TEMP on Windows) to a folder on a larger disk before "
+            f"starting Blender, or animate a shorter part of the strip.")
 
 
 def wav_seconds(path: str) -> float | None:

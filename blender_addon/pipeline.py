@@ -135,6 +135,12 @@ def prepare(context, settings: Settings) -> Prepared:
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    frames = clip_frames(audio)
+    if frames is not None:
+        full = estimate.disk_check(frames, export.stats["vertices"], tmp)
+        if full:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise PipelineError(full)
     notices = []
     if settings.mode == "EXACT":
         level, text = exact_cost(audio, export.stats["vertices"])

@@ -804,3 +804,12 @@ def test_exact_size_estimate_warns_then_refuses():
     level, text = estimate.exact_check(18_000, 50_000, 16 << 30)  # 10 min: 10.8 GB of keys
     assert level == "ERROR" and "10.8 GB" in text and "Use Compact" in text
     assert estimate.physical_memory() is None or estimate.physical_memory() > 1 << 28
+
+
+def test_result_that_cannot_fit_on_the_temp_disk_is_refused_before_the_job(tmp_path):
+    from blender_addon import estimate
+
+    assert estimate.disk_check(18_000, 50_000, str(tmp_path), free=20 << 30) == ""  # 10.8 GB fits in 20 GB
+    text = estimate.disk_check(18_000, 50_000, str(tmp_path), free=5 << 30)
+    assert "10.8 GB" in text and "5.4 GB free" in text and str(tmp_path) in text and "TMPDIR" in text
+    assert estimate.disk_check(300, 5_000, str(tmp_path)) == ""  # this disk, 18 MB
