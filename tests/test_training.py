@@ -237,6 +237,19 @@ def test_resume_refuses_another_model(dataset, tmp_path):
         train.train(load_config(None, tiny_cfg(dataset, out, "train.steps=4", "model.width=12")), resume="auto")
 
 
+def test_resume_with_other_loss_weights_chooses_best_afresh(dataset, tmp_path, capsys):
+    from training import train
+
+    out = tmp_path / "run"
+    train.train(load_config(None, tiny_cfg(dataset, out, "train.steps=2", "train.val_every=2")))
+    (out / "best.pt").unlink()
+    # a heavier MSE weight makes every validation loss larger than the first run's best
+    train.train(load_config(None, tiny_cfg(dataset, out, "train.steps=4", "train.val_every=2", "loss.mse=1000")),
+                resume="auto")
+    assert "best.pt is chosen afresh" in capsys.readouterr().out
+    assert torch.load(out / "best.pt", weights_only=True)["step"] in (3, 4)  # written by the resumed run
+
+
 def test_train_cli_reports_bad_config(tmp_path, capsys):
     from training import train
 

@@ -497,6 +497,11 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         step, best_val = int(data["step"]), float(data.get("best_val", float("inf")))
         elapsed_before = float(data.get("elapsed_s", 0.0))
         log(f"resumed from {path} at step {step}")
+        if (data.get("train_config") or {}).get("loss") != cfg.to_dict()["loss"]:
+            # Validation loss is the weighted sum: under other weights the old best is not comparable,
+            # and keeping it would stop best.pt from ever being written in this run.
+            best_val = float("inf")
+            log("the loss weights differ from the checkpoint's: best.pt is chosen afresh in this run")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params:,} parameters ({mcfg.audio.get('kind')} audio encoder, width {mcfg.width}, "
         f"{mcfg.n_blocks} blocks, k_eig {mcfg.k_eig})" + ("" if phone_head is None else " + viseme head"))
