@@ -283,6 +283,9 @@ def run_batch(manifest, out_dir, checkpoint=None, device: str = "auto", fps=None
     if dist is not None:
         gathered = [None] * world
         dist.all_gather_object(gathered, results)
+        # A rank that tears its group down while a peer is still inside the gather aborts that
+        # peer ("terminate called without an active exception", SIGABRT): meet once more first.
+        dist.barrier()
         dist.destroy_process_group()
         results = [r for part in gathered for r in part]
     results.sort(key=lambda r: r["row"])
