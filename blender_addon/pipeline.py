@@ -142,8 +142,8 @@ def prepare(context, settings: Settings) -> Prepared:
             shutil.rmtree(tmp, ignore_errors=True)
             raise PipelineError(full)
     notices = []
-    if settings.mode == "EXACT":
-        level, text = exact_cost(audio, export.stats["vertices"])
+    if settings.mode == "EXACT" and frames is not None:
+        level, text = estimate.exact_check(frames, export.stats["vertices"], estimate.physical_memory())
         if level == "ERROR":
             shutil.rmtree(tmp, ignore_errors=True)
             raise PipelineError(text)
@@ -173,14 +173,6 @@ def clip_frames(audio: audio_source.AudioSpec) -> int | None:
         length = audio_source._sound_seconds(audio.path) or estimate.wav_seconds(audio.path)
         seconds = None if length is None else max(0.0, length - max(audio.start, 0.0))
     return None if seconds is None else int(seconds * audio.fps) + 1
-
-
-def exact_cost(audio: audio_source.AudioSpec, vertices: int) -> tuple[str, str]:
-    """estimate.exact_check for this clip and mesh, before the job ("", "" if the length is unknown)."""
-    frames = clip_frames(audio)
-    if frames is None:
-        return "", ""
-    return estimate.exact_check(frames, vertices, estimate.physical_memory())
 
 
 def _prepare_rig(obj, settings: Settings, export, tmp: str, fields: dict) -> dict:
