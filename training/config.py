@@ -96,6 +96,15 @@ class TrainSection:
     augment_translate: float = 0.005  # std of a random translation (m)
     augment_scale: float = 0.05  # uniform random scale in [1 - a, 1 + a]
     freeze_audio_features: bool = False  # HuBERT/wav2vec2: keep the conv feature extractor fixed
+    # Start from these weights (a model file or a last.pt, the viseme head too when it has one) with
+    # a fresh optimizer and schedule: fine-tuning. --resume continues a run instead.
+    init_from: str = ""
+    init_fresh_audio: bool = False  # with init_from: the audio path and viseme head start from scratch
+    # Steps of viseme classification on whole clips, audio path only, before joint training
+    # (training/audio_pretrain.py; needs loss.phone > 0 and phone timings). Skipped on --resume.
+    audio_pretrain_steps: int = 0
+    audio_pretrain_lr: float = 5e-4
+    audio_lr_scale: float = 1.0  # joint training: the audio path's (and viseme head's) lr multiplier
     val_every: int = 500
     log_every: int = 25
     seed: int = 0

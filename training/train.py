@@ -52,6 +52,7 @@ from backend.diffusionnet import TorchOperators
 from backend.framing import bbox
 from backend.model import ModelConfig, ScanTalk
 from backend.operator_cache import get_operators
+from training.audio_pretrain import audio_parameters, pretrain_audio
 from training.augment import augment_audio, interpolate_frames, speed_frame_positions, speed_perturb
 from training.config import ConfigError, TrainConfig, load_config
 from training.datasets import Clip, DatasetError, DatasetListing, check_clip, read_clips, read_dataset
@@ -401,6 +402,30 @@ def validate(model: ScanTalk, clips, shapes, store, cfg: TrainConfig, weights: L
     return out
 
 
+def init_weights(path: str, model: ScanTalk, phone_head: nn.Module | None, mcfg: ModelConfig, log,
+                 fresh_audio: bool = False) -> None:
+    """Fine-tuning's starting point: the weights of a model file or last.pt of the same model
+    config (and its viseme head when both have one); the run's optimizer and schedule start fresh.
+    `fresh_audio` keeps only the geometry encoder and decoder: the audio path and the viseme head
+    keep their new initialisation (an audio path stuck in a poor optimum is retrained from scratch)."""
+    data = read_file(path)
+    theirs, ours = dict(data.get("config") or {}), mcfg.to_dict()
+    theirs.pop("name", None)
+    ours.pop("name")  # a fine-tuned model may take a new name
+    if theirs != ours:
+        raise ConfigError(f"train.init_from {path} is another model config; fine-tune with the same "
+                          f"config (checkpoint: {theirs}, now: {ours})")
+    state = data["model"]
+    if fresh_audio:
+        audio = ("audio_encoder.", "audio_embedding.", "lstm.")
+        state = {**model.state_dict(), **{k: v for k, v in state.items() if not k.startswith(audio)}}
+    model.load_state_dict(state)
+    head = None if fresh_audio else (data.get("aux_heads") or {}).get("phone")
+    if phone_head is not None and head is not None:
+        phone_head.load_state_dict(head)
+    log(f"weights from {path}" + (" (geometry encoder and decoder only)" if fresh_audio else ""))
+
+
 def weights_hash(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
@@ -476,9 +501,32 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             p.requires_grad_(False)
     # The auxiliary viseme classifier: trained with the model, never part of its checkpoint.
     phone_head = nn.Linear(mcfg.latent, N_VISEMES).to(device) if use_phone else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    params += [] if phone_head is None else list(phone_head.parameters())
-    opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    store = ClipStore()
+    if not resume and tc.init_from:
+        init_weights(tc.init_from, model, phone_head, mcfg, log, fresh_audio=tc.init_fresh_audio)
+    if not resume and tc.audio_pretrain_steps > 0:
+        if phone_head is None:
+            raise ConfigError("train.audio_pretrain_steps needs the viseme head: loss.phone > 0 and "
+                              "phone timings in the dataset's clips.json")
+        labelled = [c for c in train_clips if c.name in phones]
+
+        def labels_of(clip):
+            n = store.motion(clip).shape[0]
+            vis = frame_visemes(phones[clip.name], np.arange(n) / clip.fps + cfg.loss.phone_lead)
+            return torch.from_numpy(vis).to(device)
+
+        pretrain_audio(model, phone_head, labelled, store.wav, labels_of, steps=tc.audio_pretrain_steps,
+                       lr=tc.audio_pretrain_lr, grad_clip=tc.grad_clip, aug=cfg.augment, seed=tc.seed,
+                       d=d, log=log, val_clips=[c for c in val_clips if c.name in phones])
+    audio = set(map(id, audio_parameters(model)))
+    main_params = [p for p in model.parameters() if p.requires_grad and id(p) not in audio]
+    audio_params = audio_parameters(model) + ([] if phone_head is None else list(phone_head.parameters()))
+    params = main_params + audio_params
+    if tc.audio_lr_scale != 1.0:
+        groups = [{"params": main_params}, {"params": audio_params, "lr_scale": tc.audio_lr_scale}]
+    else:  # one group, as checkpoints written before the option have
+        groups = [{"params": params}]
+    opt = torch.optim.Adam(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     step, best_val, elapsed_before = 0, float("inf"), 0.0
     if resume:
         path = out / "last.pt" if resume == "auto" else Path(resume)
@@ -510,7 +558,6 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     if d.on:
         net = nn.parallel.DistributedDataParallel(net)
     weights = LossWeights.from_section(cfg.loss)
-    store = ClipStore()
 
     writer = None
     if d.main:
@@ -555,7 +602,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
 
         lr = learning_rate(step, tc)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         pred, logits = net(ex.wav, ex.n_frames, ex.f0, ex.f1, ex.neutral, ex.ops)
         terms = compute_losses(pred, ex.target, weights, ex.lips, ex.gap, logits, ex.visemes)
         opt.zero_grad(set_to_none=True)

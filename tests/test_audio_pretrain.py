@@ -1,0 +1,91 @@
+"""Audio-path pre-training and fine-tuning from a checkpoint (training/audio_pretrain.py, train.init_from)."""
+import numpy as np
+import pytest
+import torch
+
+from tests.test_training import FEATURES, add_phones, make_dataset, tiny_cfg
+from training.config import ConfigError, load_config
+
+
+@pytest.fixture(scope="module")
+def phone_data(tmp_path_factory):
+    return add_phones(make_dataset(tmp_path_factory.mktemp("pretrain") / "data"))
+
+
+def tiny_model():
+    from backend.model import ModelConfig, ScanTalk
+
+    torch.manual_seed(0)
+    return ScanTalk(ModelConfig(audio={"kind": "logmel", "config": {"n_mels": 20, "hidden": 16, "out_dim": 8}},
+                                latent=8, width=8, n_blocks=1, lstm_layers=1, k_eig=12))
+
+
+def test_pretrain_audio_learns_visemes_and_leaves_the_geometry_alone(phone_data):
+    from training import train as T
+    from training.audio_pretrain import audio_parameters, pretrain_audio
+
+    cfg = load_config(None, tiny_cfg(phone_data, phone_data.parent / "unused"))
+    clips = list(T.read_split(cfg.data, "train"))
+    phones, store = T.read_phones(cfg.data), T.ClipStore()
+
+    def labels_of(clip):
+        n = store.motion(clip).shape[0]
+        return torch.from_numpy(T.frame_visemes(phones[clip.name], np.arange(n) / clip.fps))
+
+    model, head = tiny_model(), torch.nn.Linear(8, T.N_VISEMES)
+    geometry = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+    audio_before = [p.detach().clone() for p in audio_parameters(model)]
+    logs = []
+    res = pretrain_audio(model, head, clips, store.wav, labels_of, steps=60, lr=1e-2, grad_clip=1.0,
+                         aug=None, seed=0, d=T.Dist(), log=logs.append, val_clips=clips, log_every=20)
+    # tone ('aa') against silence ('m'): two classes a working audio path separates
+    assert res["before"]["acc"] < 0.6 and res["after"]["acc"] > 0.9, res
+    assert res["after"]["ce"] < res["before"]["ce"]
+    assert res["after"]["frames"] == sum(int((labels_of(c) >= 0).sum()) for c in clips)
+    assert sum("audio pre-training step" in m for m in logs) == 3
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in geometry.items())
+    assert all(not torch.equal(p, q) for p, q in zip(audio_parameters(model), audio_before))
+
+
+def test_fine_tune_keeps_geometry_restarts_audio_and_scales_its_rate(phone_data, tmp_path, capsys):
+    from backend.checkpoint import read_file
+    from training import train
+
+    base = tmp_path / "base"
+    train.train(load_config(None, tiny_cfg(phone_data, base, "train.steps=3", "train.val_every=3", *FEATURES)))
+    src = read_file(base / "last.pt")["model"]
+
+    tuned = tmp_path / "tuned"
+    args = [*FEATURES, f"train.init_from={base / 'last.pt'}", "train.init_fresh_audio=true",
+            "train.audio_pretrain_steps=4", "train.audio_lr_scale=0.5", "model.name=tuned"]
+    res = train.train(load_config(None, tiny_cfg(phone_data, tuned, *args, "train.steps=0")))
+    assert res["step"] == 0
+    out = capsys.readouterr().out
+    assert "geometry encoder and decoder only" in out and "audio pre-training done" in out
+    got = read_file(tuned / "last.pt")
+    for k, v in src.items():  # geometry as the checkpoint had it; the audio path retrained from scratch
+        same = torch.equal(got["model"][k], v)
+        assert same == k.startswith(("encoder.", "decoder.")), k
+    groups = got["optimizer"]["param_groups"]
+    assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 0.5]
+
+    # joint training: the audio group at half the rate; resuming keeps the two groups
+    res = train.train(load_config(None, tiny_cfg(phone_data, tuned, *args, "train.steps=2", "train.val_every=2")),
+                      resume="auto")
+    groups = read_file(tuned / "last.pt")["optimizer"]["param_groups"]
+    assert res["step"] == 2 and groups[1]["lr"] == pytest.approx(0.5 * groups[0]["lr"])
+    assert "audio pre-training" not in capsys.readouterr().out  # a resumed run does not pre-train again
+
+
+def test_init_from_refuses_another_model_and_pretraining_needs_phones(phone_data, tmp_path):
+    from training import train
+
+    base = tmp_path / "base"
+    train.train(load_config(None, tiny_cfg(phone_data, base, "train.steps=1", "train.val_every=1")))
+    with pytest.raises(ConfigError, match="another model config"):
+        train.train(load_config(None, tiny_cfg(phone_data, tmp_path / "b", "model.width=12", "train.steps=1",
+                                               f"train.init_from={base / 'last.pt'}")))
+    with pytest.raises(ConfigError, match="needs the viseme head"):
+        train.train(load_config(None, tiny_cfg(phone_data, tmp_path / "c", "train.steps=1",
+                                               "train.audio_pretrain_steps=2")))
