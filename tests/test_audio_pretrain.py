@@ -1,4 +1,7 @@
 """Audio-path pre-training and fine-tuning from a checkpoint (training/audio_pretrain.py, train.init_from)."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -89,3 +92,34 @@ def test_init_from_refuses_another_model_and_pretraining_needs_phones(phone_data
     with pytest.raises(ConfigError, match="needs the viseme head"):
         train.train(load_config(None, tiny_cfg(phone_data, tmp_path / "c", "train.steps=1",
                                                "train.audio_pretrain_steps=2")))
+
+
+SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+
+
+@pytest.mark.skipif(not (SPEECH / "transcription").is_file(), reason="needs ../shared speech")
+def test_real_speech_scores_of_a_checkpoint(phone_data, tmp_path, capsys):
+    pytest.importorskip("pocketsphinx", reason="pip install pocketsphinx")
+    import shutil
+
+    from backend.audio_io import load_audio
+    from training import audio_pretrain, train
+
+    run = tmp_path / "run"
+    train.train(load_config(None, tiny_cfg(phone_data, run, "train.steps=1", "train.val_every=1", *FEATURES)))
+    speech = tmp_path / "speech"
+    speech.mkdir()
+    wav = sorted(SPEECH.glob("*.wav"))[1]
+    shutil.copy(wav, speech / wav.name)
+    line = next(ln for ln in (SPEECH / "transcription").read_text().splitlines() if wav.stem in ln)
+    (speech / "transcription").write_text(line + "\n")
+    assert audio_pretrain.main(["--checkpoint", str(run / "last.pt"), "--speech-dir", str(speech),
+                                "--json", str(tmp_path / "s.json")]) == 0
+    res = json.loads((tmp_path / "s.json").read_text())
+    n = int(np.floor(len(load_audio(wav)) / 16000 * 30 + 1e-6)) + 1
+    s = res["clips"][wav.stem]
+    assert 0.8 * n < s["frames"] <= n and 0.0 <= s["acc"] <= 1.0 and s["ce"] > 0  # aligned phones cover the speech
+    assert res["pooled"] == s and f"all: accuracy {s['acc']:.3f}" in capsys.readouterr().out
+    # the model file has no viseme head: a clear refusal
+    assert audio_pretrain.main(["--checkpoint", str(run / "best.pt"), "--speech-dir", str(speech)]) == 2
+    assert "no viseme head" in capsys.readouterr().err

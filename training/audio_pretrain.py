@@ -11,7 +11,11 @@ a joint step costs over a second.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -108,3 +112,64 @@ def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Ca
         log(f"audio pre-training done; validation visemes: accuracy {after['acc']:.3f}, "
             f"cross-entropy {after['ce']:.3f}")
     return {"before": before, "after": after}
+
+
+# --------------------------------------------------------------------------- real speech
+
+def real_speech_scores(checkpoint, speech_dir, phone_lead: float = 0.032) -> dict:
+    """The viseme head's accuracy on real recordings: a folder of .wav files with a CMU
+    `transcription` file, phones from pocketsphinx forced alignment (training.articulation).
+    `checkpoint` is a trainer's last.pt (the head lives there, not in the model file). This is the
+    synthetic-to-real gap of the audio path itself, before any mesh: labels from an aligner are
+    rougher than the generator's, so compare models on the same clips, not with the synthetic score."""
+    from backend.audio_io import load_audio
+    from backend.checkpoint import read_file
+    from backend.model import ModelConfig
+    from training.articulation import align, read_transcriptions
+    from training.train import N_VISEMES, Dist, frame_visemes
+
+    data = read_file(checkpoint)
+    if "phone" not in (data.get("aux_heads") or {}):
+        raise ValueError(f"{checkpoint} has no viseme head: give a trainer's last.pt trained with loss.phone > 0")
+    model = ScanTalk(ModelConfig.from_dict(data["config"]))
+    model.load_state_dict(data["model"])
+    head = nn.Linear(model.cfg.latent, N_VISEMES)
+    head.load_state_dict(data["aux_heads"]["phone"])
+    folder = Path(speech_dir)
+    texts = read_transcriptions(folder / "transcription") if (folder / "transcription").is_file() else {}
+    wavs, labels = {}, {}
+    for path in sorted(folder.glob("*.wav")):
+        samples = load_audio(path)
+        phones, _ = align(samples, 16000, texts.get(path.stem))
+        n = model.num_frames(len(samples))
+        wavs[path.stem] = samples
+        labels[path.stem] = torch.from_numpy(frame_visemes(phones, np.arange(n) / model.cfg.fps + phone_lead))
+    clips = sorted(wavs)
+    pooled = viseme_scores(model, head, clips, wavs.__getitem__, labels.__getitem__, Dist())
+    per_clip = {c: viseme_scores(model, head, [c], wavs.__getitem__, labels.__getitem__, Dist()) for c in clips}
+    return {"checkpoint": str(checkpoint), "pooled": pooled, "clips": per_clip}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.audio_pretrain",
+                                description="Viseme accuracy of a trainer checkpoint's audio path on real recordings.")
+    p.add_argument("--checkpoint", required=True, help="a trainer's last.pt (it holds the viseme head)")
+    p.add_argument("--speech-dir", required=True, help="folder of .wav files with a CMU `transcription` file")
+    p.add_argument("--json", help="write the scores here too")
+    a = p.parse_args(argv)
+    try:
+        res = real_speech_scores(a.checkpoint, a.speech_dir)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, s in res["clips"].items():
+        print(f"{name}: accuracy {s['acc']:.3f}, cross-entropy {s['ce']:.3f} ({s['frames']:.0f} frames)")
+    s = res["pooled"]
+    print(f"all: accuracy {s['acc']:.3f}, cross-entropy {s['ce']:.3f} ({s['frames']:.0f} frames)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
