@@ -123,3 +123,20 @@ def test_real_speech_scores_of_a_checkpoint(phone_data, tmp_path, capsys):
     # the model file has no viseme head: a clear refusal
     assert audio_pretrain.main(["--checkpoint", str(run / "best.pt"), "--speech-dir", str(speech)]) == 2
     assert "no viseme head" in capsys.readouterr().err
+
+
+def test_default_v4_config_fine_tunes_the_shipped_architecture():
+    from dataclasses import asdict
+
+    from backend.checkpoint import read_file
+    from training.train import build_model_config
+
+    root = Path(__file__).resolve().parents[1]
+    v4 = load_config(root / "training" / "configs" / "default_v4.toml", ["data.root=/x"])
+    v2 = load_config(root / "training" / "configs" / "default_v2.toml", ["data.root=/x"])
+    assert {**asdict(v4.model), "name": ""} == {**asdict(v2.model), "name": ""}
+    assert v4.train.audio_pretrain_steps > 0 and v4.train.init_fresh_audio and 0 < v4.train.audio_lr_scale < 1
+    assert v4.loss.mae > 0 and v4.loss.phone > 0
+    shipped = read_file(root / "backend" / "assets" / "default_model.pt")["config"]
+    built = build_model_config(v4, shipped["fps"], shipped["frame_size"]).to_dict()
+    assert built == shipped  # the bundled model is this config's, name included

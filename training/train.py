@@ -17,6 +17,9 @@ Lip closures: each subject's inner lip (training.lip_geometry) is found once, wi
 `loss.phone` adds an auxiliary viseme classifier on the audio latents (phone timings from the
 dataset's clips.json, as training.synth writes it); the classifier lives in the trainer only and
 is saved in last.pt under `aux_heads` for --resume, never in the model's weights.
+`train.audio_pretrain_steps` first trains the audio path and that head alone on whole clips
+(training/audio_pretrain.py); `train.init_from` starts from another run's weights with a fresh
+optimizer and schedule (fine-tuning), `train.audio_lr_scale` slows the audio path in joint training.
 
 Every template is centred on its bounding-box centre, in training and at inference (the model's
 frame: `frame_centre` = (0, 0, 0), `frame_size` = the mean bounding-box diagonal of the training
