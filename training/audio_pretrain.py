@@ -93,12 +93,13 @@ def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Ca
             g["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / max(1, steps))))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if d.on:
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad /= d.world
+        if d.on:  # one collective for every gradient, not one per tensor
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= d.world
+            for p, part in zip(params, torch.split(flat, [g.numel() for g in grads])):
+                p.grad = part.view_as(p)
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
@@ -127,7 +128,7 @@ def real_speech_scores(checkpoint, speech_dir) -> dict:
     from backend.checkpoint import read_file
     from backend.model import ModelConfig
     from training.articulation import align, read_transcriptions
-    from training.train import N_VISEMES, Dist, frame_visemes
+    from training.train import N_VISEMES, Dist, viseme_labels
 
     data = read_file(checkpoint)
     if "phone" not in (data.get("aux_heads") or {}):
@@ -146,11 +147,11 @@ def real_speech_scores(checkpoint, speech_dir) -> dict:
         phones, _ = align(samples, 16000, texts.get(path.stem))
         n = model.num_frames(len(samples))
         wavs[path.stem] = samples
-        labels[path.stem] = torch.from_numpy(frame_visemes(phones, np.arange(n) / model.cfg.fps + phone_lead))
-    clips = sorted(wavs)
-    pooled = viseme_scores(model, head, clips, wavs.__getitem__, labels.__getitem__, Dist())
-    per_clip = {c: viseme_scores(model, head, [c], wavs.__getitem__, labels.__getitem__, Dist()) for c in clips}
-    return {"checkpoint": str(checkpoint), "pooled": pooled, "clips": per_clip}
+        labels[path.stem] = viseme_labels(phones, n, model.cfg.fps, phone_lead)
+    per_clip = {c: viseme_scores(model, head, [c], wavs.__getitem__, labels.__getitem__, Dist()) for c in sorted(wavs)}
+    n = sum(s["frames"] for s in per_clip.values())
+    pooled = {k: sum(s[k] * s["frames"] for s in per_clip.values()) / max(n, 1.0) for k in ("ce", "acc")}
+    return {"checkpoint": str(checkpoint), "pooled": {**pooled, "frames": n}, "clips": per_clip}
 
 
 def main(argv=None) -> int:

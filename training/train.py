@@ -405,6 +405,25 @@ def validate(model: ScanTalk, clips, shapes, store, cfg: TrainConfig, weights: L
     return out
 
 
+def check_model_config(source: str, config: dict | None, mcfg: ModelConfig, what: str,
+                       any_name: bool = False) -> None:
+    """Refuse a checkpoint (`source`, its `config`) of another model config for `what` ("resume",
+    "fine-tune"); with `any_name`, the names may differ (a fine-tuned model takes its own)."""
+    theirs, ours = dict(config or {}), mcfg.to_dict()
+    if any_name:
+        theirs.pop("name", None)
+        ours.pop("name")
+    if theirs != ours:
+        raise ConfigError(f"{source} was trained with another model config; "
+                          f"{what} with the same config (checkpoint: {theirs}, now: {ours})")
+
+
+def viseme_labels(phones, n_frames: int, fps: float, lead: float) -> torch.Tensor:
+    """[n_frames] viseme class per frame of an unpadded, unstretched clip (frame j shows the phone
+    sounding `lead` seconds later; -1 where no phone covers it)."""
+    return torch.from_numpy(frame_visemes(phones, np.arange(n_frames) / fps + lead))
+
+
 def init_weights(path: str, model: ScanTalk, phone_head: nn.Module | None, mcfg: ModelConfig, log,
                  fresh_audio: bool = False) -> None:
     """Fine-tuning's starting point: the weights of a model file or last.pt of the same model
@@ -412,12 +431,7 @@ def init_weights(path: str, model: ScanTalk, phone_head: nn.Module | None, mcfg:
     `fresh_audio` keeps only the geometry encoder and decoder: the audio path and the viseme head
     keep their new initialisation (an audio path stuck in a poor optimum is retrained from scratch)."""
     data = read_file(path)
-    theirs, ours = dict(data.get("config") or {}), mcfg.to_dict()
-    theirs.pop("name", None)
-    ours.pop("name")  # a fine-tuned model may take a new name
-    if theirs != ours:
-        raise ConfigError(f"train.init_from {path} is another model config; fine-tune with the same "
-                          f"config (checkpoint: {theirs}, now: {ours})")
+    check_model_config(f"train.init_from {path}", data.get("config"), mcfg, "fine-tune", any_name=True)
     state = data["model"]
     if fresh_audio:
         audio = ("audio_encoder.", "audio_embedding.", "lstm.")
@@ -512,11 +526,13 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             raise ConfigError("train.audio_pretrain_steps needs the viseme head: loss.phone > 0 and "
                               "phone timings in the dataset's clips.json")
         labelled = [c for c in train_clips if c.name in phones]
+        labels: dict[str, torch.Tensor] = {}  # each clip's, once: the steps revisit every clip
 
         def labels_of(clip):
-            n = store.motion(clip).shape[0]
-            vis = frame_visemes(phones[clip.name], np.arange(n) / clip.fps + cfg.loss.phone_lead)
-            return torch.from_numpy(vis).to(device)
+            if clip.name not in labels:
+                n = store.motion(clip).shape[0]
+                labels[clip.name] = viseme_labels(phones[clip.name], n, clip.fps, cfg.loss.phone_lead).to(device)
+            return labels[clip.name]
 
         pretrain_audio(model, phone_head, labelled, store.wav, labels_of, steps=tc.audio_pretrain_steps,
                        lr=tc.audio_pretrain_lr, grad_clip=tc.grad_clip, aug=cfg.augment, seed=tc.seed,
@@ -534,9 +550,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     if resume:
         path = out / "last.pt" if resume == "auto" else Path(resume)
         data = read_file(path)
-        if data.get("config") != mcfg.to_dict():
-            raise ConfigError(f"{path} was trained with another model config; resume with the same "
-                              f"config (checkpoint: {data.get('config')}, now: {mcfg.to_dict()})")
+        check_model_config(str(path), data.get("config"), mcfg, "resume")
         model.load_state_dict(data["model"])
         heads = data.get("aux_heads", {})
         if (phone_head is None) != ("phone" not in heads):
