@@ -17,7 +17,7 @@ def speechlike(seconds=2.0, seed=0):
     return (0.8 * x / np.abs(x).max()).astype(np.float32)
 
 
-ALL_ON = AugmentSection(gain_prob=1.0, noise_prob=1.0, reverb_prob=1.0, telephone_prob=0.5, lowpass_prob=1.0,
+ALL_ON = AugmentSection(vtlp_prob=1.0, gain_prob=1.0, noise_prob=1.0, reverb_prob=1.0, telephone_prob=0.5, lowpass_prob=1.0,
                         codec_prob=1.0, speed_prob=1.0)
 
 
@@ -68,6 +68,37 @@ def test_speed_perturbation_keeps_frame_alignment(factor, seconds):
     assert np.corrcoef(ex[src], ey)[0, 1] > 0.9
 
 
+@pytest.mark.parametrize("alpha", [0.87, 0.95, 1.1, 1.15])
+def test_vocal_tract_warp_moves_every_frequency_and_keeps_the_timing(alpha):
+    t = np.arange(2 * SR) / SR
+    burst = (t > 0.5) & (t < 1.5)
+    x = (0.5 * burst * (np.sin(2 * np.pi * 400 * t) + 0.5 * np.sin(2 * np.pi * 1500 * t))).astype(np.float32)
+    y = A.vocal_tract_warp(x, alpha)
+    assert y.dtype == np.float32 and len(y) == len(x)
+    seg = y[int(0.7 * SR): int(1.3 * SR)].astype(np.float64)
+    spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg)))) ** 2
+    f = np.fft.rfftfreq(len(seg), 1 / SR)
+    near = lambda hz: spec[np.abs(f - hz) < 6].sum()  # noqa: E731
+    for hz in (400.0, 1500.0):  # below the knee both harmonics scale by alpha, cleanly
+        moved = float(A.vtlp_warp(np.array(hz), alpha))
+        assert moved == pytest.approx(alpha * hz)
+        assert near(moved) > 100 * near(hz)
+    assert (near(400 * alpha) + near(1500 * alpha)) > 0.9 * spec.sum()
+    # the timing does not move (the motion target stays aligned): the onset within a hop (8 ms)
+    env = np.convolve(y.astype(np.float64) ** 2, np.ones(160) / 160, "same")
+    assert np.argmax(env > 0.5 * env.max()) / SR == pytest.approx(0.5, abs=0.008)
+    assert A.active_power(y) == pytest.approx(A.active_power(x), rel=0.1)
+    assert np.abs(y[: int(0.45 * SR)]).max() < 0.01  # the silence before stays silent
+
+
+def test_vtlp_warp_is_monotone_and_keeps_the_band():
+    f = np.linspace(0, SR / 2, 1001)
+    for alpha in (0.87, 1.0, 1.15):
+        w = A.vtlp_warp(f, alpha)
+        assert w[0] == 0.0 and w[-1] == pytest.approx(SR / 2) and np.all(np.diff(w) > 0)
+    assert np.array_equal(A.vocal_tract_warp(np.zeros(100, np.float32), 1.1), np.zeros(100, np.float32))
+
+
 def test_interpolate_frames_linear_and_on_memory_maps(tmp_path):
     motion = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
     np.save(tmp_path / "m.npy", motion)
@@ -84,7 +115,7 @@ def test_chain_is_deterministic_finite_and_in_range():
     b, done_b = A.augment_audio(x, ALL_ON, np.random.default_rng(7))
     c, _ = A.augment_audio(x, ALL_ON, np.random.default_rng(8))
     assert done_a == done_b and np.array_equal(a, b) and not np.array_equal(a, c)
-    assert "reverb" in done_a and "gain" in done_a and len(a) == len(x)
+    assert done_a[0] == "vtlp" and "reverb" in done_a and "gain" in done_a and len(a) == len(x)
     for seed in range(20):
         y, _ = A.augment_audio(x, ALL_ON, np.random.default_rng(seed))
         assert y.dtype == np.float32 and len(y) == len(x)
@@ -97,7 +128,8 @@ def test_every_effect_stays_in_range_on_loud_input():
     rng = np.random.default_rng(0)
     x = np.clip(rng.standard_normal(SR) * 0.7, -1, 1).astype(np.float32)  # full-scale noise
     outs = [A.gain(x, 10.0), A.add_noise(x, 15, rng), A.reverb(x, 0.6, 0.6, rng), A.telephone(x),
-            A.lowpass(x, 3000), A.mu_law(x), A.narrowband(x), A.speed_perturb(x, 0.9), A.speed_perturb(x, 1.1)]
+            A.lowpass(x, 3000), A.mu_law(x), A.narrowband(x), A.vocal_tract_warp(x, 0.87), A.vocal_tract_warp(x, 1.15),
+            A.speed_perturb(x, 0.9), A.speed_perturb(x, 1.1)]
     for y in outs:
         assert np.isfinite(y).all() and np.abs(y).max() <= 1.0
     quiet = x * 0.1
@@ -129,8 +161,9 @@ def test_reverb_decays_as_rt60_says():
 
 
 def test_augment_config_section():
-    cfg = load_config(None, ["augment.noise_prob=0.5", "augment.speed=[0.95, 1.05]"])
-    assert cfg.augment.noise_prob == 0.5 and cfg.augment.speed == [0.95, 1.05]
+    cfg = load_config(None, ["augment.noise_prob=0.5", "augment.speed=[0.95, 1.05]", "augment.vtlp_alpha=[0.9, 1.1]"])
+    assert cfg.augment.noise_prob == 0.5 and cfg.augment.speed == [0.95, 1.05] and cfg.augment.vtlp_alpha == [0.9, 1.1]
+    assert load_config(None, ["augment.vtlp_prob=0.5"]).augment.any_audio
     assert not load_config(None).augment.any_audio and load_config(None).augment.speed_prob == 0.0
     with pytest.raises(ConfigError, match="augment.speed"):
         load_config(None, ["augment.speed=[1.1, 0.9]"])

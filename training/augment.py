@@ -1,13 +1,14 @@
 """Audio augmentation for training (numpy/scipy only), so a model trained on clean TTS hears
-something closer to real recordings: gain, noise, room reverb, band limits, codec artefacts, and
-speed perturbation (which also time-scales the motion target).
+something closer to real recordings: another vocal tract (formants and pitch scaled), gain, noise,
+room reverb, band limits, codec artefacts, and speed perturbation (which also time-scales the motion
+target).
 
 Every effect takes the random generator it must use, so the trainer's seeded rng makes a run
 reproducible. Audio is mono float at 16 kHz; every output is finite and within [-1, 1].
 
 `augment_audio(wav, cfg, rng)` (cfg: training.config.AugmentSection, the [augment] section)
 applies the configured chain, each effect with its probability:
-reverb (the room) -> noise (in the room) -> a band limit (the channel) -> a codec -> gain.
+vocal-tract warp (the speaker) -> reverb (the room) -> noise (in the room) -> a band limit (the channel) -> a codec -> gain.
 Speed perturbation is separate because it changes the clip's length: the trainer resamples the
 audio with `speed_perturb` and reads the motion at `speed_frame_positions` (fractional source
 frames, linearly interpolated), so frames = floor(duration * fps) + 1 still holds.
@@ -132,6 +133,53 @@ def narrowband(x: np.ndarray, sr: int = SAMPLE_RATE, low_sr: int = 8000) -> np.n
     return _finish(y)
 
 
+def vtlp_warp(f_hz: np.ndarray, alpha: float, sr: int = SAMPLE_RATE, f_hi: float = 4800.0) -> np.ndarray:
+    """Vocal-tract-length perturbation's frequency map (Jaitly & Hinton 2013): f -> alpha * f up to
+    a knee, then a straight line to Nyquist so the band stays [0, sr/2]. alpha > 1 sounds like a
+    shorter tract (higher formants)."""
+    nyq = sr / 2
+    knee = f_hi * min(alpha, 1.0) / alpha
+    return np.interp(f_hz, [0.0, knee, nyq], [0.0, alpha * knee, nyq])
+
+
+def vocal_tract_warp(x: np.ndarray, alpha: float, sr: int = SAMPLE_RATE, n_fft: int = 512,
+                     hop: int = 128) -> np.ndarray:
+    """The same words from another vocal tract: every frequency moved by vtlp_warp (formants and
+    harmonics alike), timing unchanged, so the motion target stays aligned.
+
+    Why: the training voices are a few dozen synthesizers, real speakers differ most in formant
+    scale, and a log-mel encoder that keys on one voice's formant positions misreads the next one.
+    Magnitudes are read at the warped frequency; phases are re-accumulated from each source bin's
+    instantaneous frequency, warped (a phase vocoder), so harmonics stay harmonics. Same length;
+    the active level is kept."""
+    x = np.asarray(x, np.float64)
+    if len(x) < n_fft or abs(alpha - 1.0) < 1e-6:
+        return _finish(x)
+    _, _, z = signal.stft(x, sr, nperseg=n_fft, noverlap=n_fft - hop)
+    bins = np.arange(z.shape[0], dtype=np.float64)
+    df = sr / n_fft
+    # instantaneous frequency (Hz) of every source bin and frame, from the phase advance per hop
+    ph = np.angle(z)
+    adv = np.diff(ph, axis=1, prepend=ph[:, :1]) - 2 * np.pi * bins[:, None] * hop / n_fft
+    adv = (adv + np.pi) % (2 * np.pi) - np.pi
+    inst = (bins[:, None] + adv * n_fft / (2 * np.pi * hop)) * df
+    # target bin k holds what the source had at inverse-warped frequency
+    src = np.interp(bins * df, vtlp_warp(bins * df, alpha, sr), bins * df) / df
+    lo = np.clip(np.floor(src).astype(np.int64), 0, len(bins) - 1)
+    hi = np.minimum(lo + 1, len(bins) - 1)
+    a = (src - lo)[:, None]
+    mag = np.abs(z)
+    mag_new = (1 - a) * mag[lo] + a * mag[hi]
+    inst_new = vtlp_warp(inst[np.clip(np.rint(src).astype(np.int64), 0, len(bins) - 1)], alpha, sr)
+    phase = np.cumsum(2 * np.pi * inst_new * hop / sr, axis=1)
+    _, y = signal.istft(mag_new * np.exp(1j * phase), sr, nperseg=n_fft, noverlap=n_fft - hop)
+    y = y[: len(x)] if len(y) >= len(x) else np.pad(y, (0, len(x) - len(y)))
+    p_in, p_out = active_power(x, sr), active_power(y, sr)
+    if p_out > 0:
+        y = y * np.sqrt(p_in / p_out)
+    return _finish(y)
+
+
 def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
     """Play x `factor` times faster (pitch moves with it): length round(len(x) / factor)."""
     x = np.asarray(x, np.float64)
@@ -179,6 +227,9 @@ def augment_audio(x: np.ndarray, cfg, rng: np.random.Generator,
     The length never changes (speed perturbation is done separately)."""
     x = np.asarray(x, np.float32)
     done = []
+    if rng.random() < cfg.vtlp_prob:
+        x = vocal_tract_warp(x, float(np.exp(rng.uniform(*np.log(cfg.vtlp_alpha)))), sr)
+        done.append("vtlp")
     if rng.random() < cfg.reverb_prob:
         x = reverb(x, rng.uniform(*cfg.reverb_rt60), rng.uniform(*cfg.reverb_wet), rng, sr)
         done.append("reverb")

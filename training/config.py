@@ -117,6 +117,8 @@ class TrainSection:
 class AugmentSection:
     """Audio augmentation (training/augment.py), each effect with a probability; all off by default."""
 
+    vtlp_prob: float = 0.0  # vocal-tract-length perturbation: formants and pitch scaled, timing kept
+    vtlp_alpha: list = field(default_factory=lambda: [0.87, 1.15])  # log-uniform frequency factor
     gain_prob: float = 0.0
     gain_db: float = 10.0  # uniform in [-gain_db, +gain_db]
     noise_prob: float = 0.0
@@ -134,7 +136,7 @@ class AugmentSection:
 
     @property
     def any_audio(self) -> bool:
-        return max(self.gain_prob, self.noise_prob, self.reverb_prob, self.telephone_prob,
+        return max(self.vtlp_prob, self.gain_prob, self.noise_prob, self.reverb_prob, self.telephone_prob,
                    self.lowpass_prob, self.codec_prob) > 0
 
 
