@@ -97,23 +97,31 @@ def test_init_from_refuses_another_model_and_pretraining_needs_phones(phone_data
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
 
 
+@pytest.fixture(scope="module")
+def phone_run(phone_data, tmp_path_factory):
+    """A one-step trainer run with a viseme head: last.pt has it, best.pt (a model file) has not."""
+    from training import train
+
+    run = tmp_path_factory.mktemp("phone_run") / "run"
+    train.train(load_config(None, tiny_cfg(phone_data, run, "train.steps=1", "train.val_every=1", *FEATURES)))
+    return run
+
+
 @pytest.mark.skipif(not (SPEECH / "transcription").is_file(), reason="needs ../shared speech")
-def test_real_speech_scores_of_a_checkpoint(phone_data, tmp_path, capsys):
+def test_real_speech_scores_of_a_checkpoint(phone_run, tmp_path, capsys):
     pytest.importorskip("pocketsphinx", reason="pip install pocketsphinx")
     import shutil
 
     from backend.audio_io import load_audio
-    from training import audio_pretrain, train
+    from training import audio_pretrain
 
-    run = tmp_path / "run"
-    train.train(load_config(None, tiny_cfg(phone_data, run, "train.steps=1", "train.val_every=1", *FEATURES)))
     speech = tmp_path / "speech"
     speech.mkdir()
     wav = sorted(SPEECH.glob("*.wav"))[1]
     shutil.copy(wav, speech / wav.name)
     line = next(ln for ln in (SPEECH / "transcription").read_text().splitlines() if wav.stem in ln)
     (speech / "transcription").write_text(line + "\n")
-    assert audio_pretrain.main(["--checkpoint", str(run / "last.pt"), "--speech-dir", str(speech),
+    assert audio_pretrain.main(["--checkpoint", str(phone_run / "last.pt"), "--speech-dir", str(speech),
                                 "--json", str(tmp_path / "s.json")]) == 0
     res = json.loads((tmp_path / "s.json").read_text())
     n = int(np.floor(len(load_audio(wav)) / 16000 * 30 + 1e-6)) + 1
@@ -121,8 +129,36 @@ def test_real_speech_scores_of_a_checkpoint(phone_data, tmp_path, capsys):
     assert 0.8 * n < s["frames"] <= n and 0.0 <= s["acc"] <= 1.0 and s["ce"] > 0  # aligned phones cover the speech
     assert res["pooled"] == s and f"all: accuracy {s['acc']:.3f}" in capsys.readouterr().out
     # the model file has no viseme head: a clear refusal
-    assert audio_pretrain.main(["--checkpoint", str(run / "best.pt"), "--speech-dir", str(speech)]) == 2
+    assert audio_pretrain.main(["--checkpoint", str(phone_run / "best.pt"), "--speech-dir", str(speech)]) == 2
     assert "no viseme head" in capsys.readouterr().err
+
+
+def test_synthetic_split_scores_of_a_checkpoint(phone_data, phone_run, tmp_path, capsys):
+    from training import audio_pretrain
+    from training import train as T
+
+    out = tmp_path / "syn.json"
+    assert audio_pretrain.main(["--checkpoint", str(phone_run / "last.pt"), "--data", str(phone_data),
+                                "--split", "train", "--json", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    data = load_config(None, [f"data.root={phone_data}"]).data
+    clips, phones = list(T.read_split(data, "train")), T.read_phones(data)
+    assert sorted(res["clips"]) == sorted(c.name for c in clips)
+    # every frame a generator phone covers (shifted by the run's lead) is scored, and only those
+    lead = load_config(None, FEATURES).loss.phone_lead
+    labelled = sum(int((T.viseme_labels(phones[c.name], T.ClipStore.motion(c).shape[0], c.fps, lead) >= 0).sum())
+                   for c in clips)
+    assert res["pooled"]["frames"] == labelled > 0 and 0.0 <= res["pooled"]["acc"] <= 1.0
+    # the same head on the same clip scores the same through the API, alone
+    one = audio_pretrain.synthetic_scores(phone_run / "last.pt", phone_data, "train", every=2)
+    assert len(one["clips"]) == (len(clips) + 1) // 2
+    assert one["clips"][clips[0].name] == pytest.approx(res["clips"][clips[0].name])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("all: accuracy") and f"{len(clips)} clips" in printed[0]
+    # a split without clips: a clear refusal
+    assert audio_pretrain.main(["--checkpoint", str(phone_run / "last.pt"), "--data", str(phone_data),
+                                "--split", "nosuch"]) == 2
+    assert "nosuch" in capsys.readouterr().err
 
 
 def test_default_v4_config_fine_tunes_the_shipped_architecture():

@@ -116,19 +116,14 @@ def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Ca
     return {"before": before, "after": after}
 
 
-# --------------------------------------------------------------------------- real speech
+# --------------------------------------------------------------------------- scoring a checkpoint
 
-def real_speech_scores(checkpoint, speech_dir) -> dict:
-    """The viseme head's accuracy on real recordings: a folder of .wav files with a CMU
-    `transcription` file, phones from pocketsphinx forced alignment (training.articulation).
-    `checkpoint` is a trainer's last.pt (the head lives there, not in the model file). This is the
-    synthetic-to-real gap of the audio path itself, before any mesh: labels from an aligner are
-    rougher than the generator's, so compare models on the same clips, not with the synthetic score."""
-    from backend.audio_io import load_audio
+def load_scorer(checkpoint):
+    """(model, viseme head, phone_lead) of a trainer's last.pt (the head lives there, not in the
+    model file); the labels are read as the head learned them: phones shifted by the run's lead."""
     from backend.checkpoint import read_file
     from backend.model import ModelConfig
-    from training.articulation import align, read_transcriptions
-    from training.train import N_VISEMES, Dist, viseme_labels
+    from training.train import N_VISEMES
 
     data = read_file(checkpoint)
     if "phone" not in (data.get("aux_heads") or {}):
@@ -137,39 +132,87 @@ def real_speech_scores(checkpoint, speech_dir) -> dict:
     model.load_state_dict(data["model"])
     head = nn.Linear(model.cfg.latent, N_VISEMES)
     head.load_state_dict(data["aux_heads"]["phone"])
-    # labels as the head learned them: phones shifted by the run's lead
     phone_lead = float(((data.get("train_config") or {}).get("loss") or {}).get("phone_lead", 0.06))
+    return model, head, phone_lead
+
+
+def _per_clip(model, head, wavs: dict, labels: dict) -> dict:
+    from training.train import Dist
+
+    per_clip = {c: viseme_scores(model, head, [c], wavs.__getitem__, labels.__getitem__, Dist()) for c in sorted(wavs)}
+    n = sum(s["frames"] for s in per_clip.values())
+    pooled = {k: sum(s[k] * s["frames"] for s in per_clip.values()) / max(n, 1.0) for k in ("ce", "acc")}
+    return {"pooled": {**pooled, "frames": n}, "clips": per_clip}
+
+
+def real_speech_scores(checkpoint, speech_dir) -> dict:
+    """The viseme head's accuracy on real recordings: a folder of .wav files with a CMU
+    `transcription` file, phones from pocketsphinx forced alignment (training.articulation).
+    This is the synthetic-to-real gap of the audio path itself, before any mesh: labels from an
+    aligner are rougher than the generator's, so compare models on the same clips, not with the
+    synthetic score."""
+    from backend.audio_io import load_audio
+    from training.articulation import align, read_transcriptions
+    from training.train import viseme_labels
+
+    model, head, phone_lead = load_scorer(checkpoint)
     folder = Path(speech_dir)
     texts = read_transcriptions(folder / "transcription") if (folder / "transcription").is_file() else {}
     wavs, labels = {}, {}
     for path in sorted(folder.glob("*.wav")):
         samples = load_audio(path)
         phones, _ = align(samples, 16000, texts.get(path.stem))
-        n = model.num_frames(len(samples))
         wavs[path.stem] = samples
-        labels[path.stem] = viseme_labels(phones, n, model.cfg.fps, phone_lead)
-    per_clip = {c: viseme_scores(model, head, [c], wavs.__getitem__, labels.__getitem__, Dist()) for c in sorted(wavs)}
-    n = sum(s["frames"] for s in per_clip.values())
-    pooled = {k: sum(s[k] * s["frames"] for s in per_clip.values()) / max(n, 1.0) for k in ("ce", "acc")}
-    return {"checkpoint": str(checkpoint), "pooled": {**pooled, "frames": n}, "clips": per_clip}
+        labels[path.stem] = viseme_labels(phones, model.num_frames(len(samples)), model.cfg.fps, phone_lead)
+    if not wavs:
+        raise ValueError(f"no .wav files in {folder}")
+    return {"checkpoint": str(checkpoint), **_per_clip(model, head, wavs, labels)}
+
+
+def synthetic_scores(checkpoint, data_root, split: str = "test", every: int = 1) -> dict:
+    """The same on a training.synth dataset's split, labelled from the generator's own phone
+    timings (every `every`-th clip). The test split's voices are held out of training, so this is
+    the cross-voice score to decide on; the real-speech one is for reporting."""
+    from training.config import DataSection
+    from training.train import ClipStore, read_phones, read_split, viseme_labels
+
+    model, head, phone_lead = load_scorer(checkpoint)
+    data = DataSection(layout="general", root=str(data_root))
+    phones, store = read_phones(data), ClipStore()
+    clips = [c for c in list(read_split(data, split))[::max(1, every)] if c.name in phones]
+    if not clips:
+        raise ValueError(f"no clips with phone timings in split {split!r} of {data_root}")
+    wavs = {c.name: store.wav(c) for c in clips}
+    labels = {c.name: viseme_labels(phones[c.name], store.motion(c).shape[0], c.fps, phone_lead) for c in clips}
+    return {"checkpoint": str(checkpoint), "split": split, **_per_clip(model, head, wavs, labels)}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.audio_pretrain",
-                                description="Viseme accuracy of a trainer checkpoint's audio path on real recordings.")
+                                description="Viseme accuracy of a trainer checkpoint's audio path, on real "
+                                            "recordings or on a synthetic dataset's split.")
     p.add_argument("--checkpoint", required=True, help="a trainer's last.pt (it holds the viseme head)")
-    p.add_argument("--speech-dir", required=True, help="folder of .wav files with a CMU `transcription` file")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--speech-dir", help="folder of .wav files with a CMU `transcription` file")
+    src.add_argument("--data", help="a training.synth dataset (labels from its clips.json)")
+    p.add_argument("--split", default="test", help="with --data: the split (default test: held-out voices)")
+    p.add_argument("--every", type=int, default=1, help="with --data: every n-th clip")
     p.add_argument("--json", help="write the scores here too")
+    p.add_argument("--quiet", action="store_true", help="print only the pooled score")
     a = p.parse_args(argv)
     try:
-        res = real_speech_scores(a.checkpoint, a.speech_dir)
+        if a.data:
+            res = synthetic_scores(a.checkpoint, a.data, a.split, a.every)
+        else:
+            res = real_speech_scores(a.checkpoint, a.speech_dir)
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for name, s in res["clips"].items():
-        print(f"{name}: accuracy {s['acc']:.3f}, cross-entropy {s['ce']:.3f} ({s['frames']:.0f} frames)")
+    if not a.quiet:
+        for name, s in res["clips"].items():
+            print(f"{name}: accuracy {s['acc']:.3f}, cross-entropy {s['ce']:.3f} ({s['frames']:.0f} frames)")
     s = res["pooled"]
-    print(f"all: accuracy {s['acc']:.3f}, cross-entropy {s['ce']:.3f} ({s['frames']:.0f} frames)")
+    print(f"all: accuracy {s['acc']:.3f}, cross-entropy {s['ce']:.3f} ({s['frames']:.0f} frames, {len(res['clips'])} clips)")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2), encoding="utf-8")
     return 0
