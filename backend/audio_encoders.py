@@ -136,11 +136,17 @@ class LogMelEncoder(AudioEncoder):
 
     The log has a floor so digital silence maps to a finite, constant input (a still face);
     features are normalised per utterance like the waveform of the transformer encoders.
+    `norm="bin"` also removes each mel bin's mean over the utterance (cepstral mean normalisation):
+    a microphone's or codec's colouring is a constant offset per bin in the log domain, so this
+    takes the recording channel out of what the conv stack sees.
     """
 
     def __init__(self, n_mels: int = 80, hidden: int = 128, out_dim: int = 128, n_layers: int = 2,
-                 kernel: int = 5, hop: int = 160, n_fft: int = 400):
+                 kernel: int = 5, hop: int = 160, n_fft: int = 400, norm: str = "utterance"):
         super().__init__()
+        if norm not in ("utterance", "bin"):
+            raise ValueError(f"logmel norm must be 'utterance' or 'bin', got {norm!r}")
+        self.norm = norm
         self.n_mels, self.hidden, self.n_layers, self.kernel = n_mels, hidden, n_layers, kernel
         self.hop, self.n_fft, self.out_dim = hop, n_fft, out_dim
         self.register_buffer("mel_fb", torch.from_numpy(mel_filterbank(n_fft, n_mels)), persistent=False)
@@ -155,7 +161,7 @@ class LogMelEncoder(AudioEncoder):
 
     def config_dict(self) -> dict:
         return dict(n_mels=self.n_mels, hidden=self.hidden, out_dim=self.out_dim, n_layers=self.n_layers,
-                    kernel=self.kernel, hop=self.hop, n_fft=self.n_fft)
+                    kernel=self.kernel, hop=self.hop, n_fft=self.n_fft, norm=self.norm)
 
     def num_frames(self, num_samples: int, fps: float) -> int:
         # The synthetic data rule: frames = floor(duration * fps) + 1 (first and last sample).
@@ -166,11 +172,15 @@ class LogMelEncoder(AudioEncoder):
         mel = self.mel_fb @ spec.abs().pow(2)  # [B, n_mels, N100]
         return torch.log(mel + 1e-6)
 
-    def forward(self, wav: torch.Tensor, n_frames: int) -> torch.Tensor:
+    def features(self, wav: torch.Tensor) -> torch.Tensor:
+        """[B, n_mels, N100] normalised log-mel: what the conv stack reads."""
         x = wav / (wav.abs().amax(dim=-1, keepdim=True) + 1e-4)  # loudness-invariant, silence stays ~0
         m = self.log_mel(x)
-        m = (m - m.mean(dim=(1, 2), keepdim=True)) / (m.std(dim=(1, 2), keepdim=True) + 1.0)
-        h = self.convs(m)
+        m = m - m.mean(dim=2 if self.norm == "bin" else (1, 2), keepdim=True)
+        return m / (m.std(dim=(1, 2), keepdim=True) + 1.0)
+
+    def forward(self, wav: torch.Tensor, n_frames: int) -> torch.Tensor:
+        h = self.convs(self.features(wav))
         h = resample_frames(h, n_frames).transpose(1, 2)
         return self.proj(h)
 

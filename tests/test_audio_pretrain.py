@@ -92,6 +92,16 @@ def test_init_from_refuses_another_model_and_pretraining_needs_phones(phone_data
     with pytest.raises(ConfigError, match="needs the viseme head"):
         train.train(load_config(None, tiny_cfg(phone_data, tmp_path / "c", "train.steps=1",
                                                "train.audio_pretrain_steps=2")))
+    # another audio encoder config: only with a fresh audio path, which takes the geometry alone
+    from backend.checkpoint import read_file
+
+    other_audio = ["model.audio.config.norm=bin", "train.steps=0", f"train.init_from={base / 'last.pt'}"]
+    with pytest.raises(ConfigError, match="another model config"):
+        train.train(load_config(None, tiny_cfg(phone_data, tmp_path / "d", *other_audio)))
+    train.train(load_config(None, tiny_cfg(phone_data, tmp_path / "e", *other_audio, "train.init_fresh_audio=true")))
+    got, src = read_file(tmp_path / "e" / "last.pt"), read_file(base / "last.pt")
+    assert got["config"]["audio"]["config"]["norm"] == "bin"
+    assert all(torch.equal(got["model"][k], v) for k, v in src["model"].items() if k.startswith(("encoder.", "decoder.")))
 
 
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"

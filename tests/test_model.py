@@ -126,6 +126,30 @@ def test_logmel_encoder_frame_rule_and_silence():
     assert speech.std(dim=1).mean() > silent.std(dim=1).mean()
 
 
+def test_logmel_bin_norm_takes_out_the_recording_channel():
+    """A microphone's colouring (a fixed filter) shifts each log-mel bin by a constant: per-bin
+    normalisation removes it, the default per-utterance one does not; both keep the frame rule."""
+    from scipy import signal
+
+    rng = np.random.default_rng(0)
+    t = np.arange(32000) / 16000
+    env = (np.sin(2 * np.pi * 2 * t) > 0).astype(np.float64)  # bursts and pauses
+    x = (env + 0.01) * rng.standard_normal(len(t)) * 0.3  # a recording's noise floor in the pauses
+    coloured = signal.lfilter(*signal.butter(2, 4000, fs=16000), x)  # a dull microphone
+    gaps = {}
+    for norm in ("utterance", "bin"):
+        enc = LogMelEncoder(n_mels=16, hidden=8, out_dim=4, norm=norm).eval()
+        assert enc.config_dict()["norm"] == norm
+        with torch.no_grad():
+            a, b = (enc.features(torch.tensor(z, dtype=torch.float32)[None]) for z in (x, coloured))
+            assert enc(torch.tensor(x, dtype=torch.float32)[None], 61).shape == (1, 61, 4)
+        speech = torch.from_numpy(env[np.minimum(np.arange(a.shape[-1]) * 160, len(env) - 1)] > 0)  # in bursts
+        gaps[norm] = float((a - b)[..., speech].abs().mean())
+    assert gaps["bin"] < 0.2 * gaps["utterance"]
+    with pytest.raises(ValueError, match="norm"):
+        LogMelEncoder(norm="channel")
+
+
 @pytest.mark.parametrize("kind", ["hubert", "wav2vec2"])
 def test_transformer_encoders_from_tiny_config_and_local_dir(kind, tmp_path):
     small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,

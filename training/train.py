@@ -406,13 +406,15 @@ def validate(model: ScanTalk, clips, shapes, store, cfg: TrainConfig, weights: L
 
 
 def check_model_config(source: str, config: dict | None, mcfg: ModelConfig, what: str,
-                       any_name: bool = False) -> None:
+                       any_name: bool = False, any_audio: bool = False) -> None:
     """Refuse a checkpoint (`source`, its `config`) of another model config for `what` ("resume",
-    "fine-tune"); with `any_name`, the names may differ (a fine-tuned model takes its own)."""
+    "fine-tune"); with `any_name`, the names may differ (a fine-tuned model takes its own); with
+    `any_audio`, the audio encoders may (only the geometry encoder and decoder are taken)."""
     theirs, ours = dict(config or {}), mcfg.to_dict()
-    if any_name:
-        theirs.pop("name", None)
-        ours.pop("name")
+    for key, free in (("name", any_name), ("audio", any_audio)):
+        if free:
+            theirs.pop(key, None)
+            ours.pop(key)
     if theirs != ours:
         raise ConfigError(f"{source} was trained with another model config; "
                           f"{what} with the same config (checkpoint: {theirs}, now: {ours})")
@@ -429,9 +431,11 @@ def init_weights(path: str, model: ScanTalk, phone_head: nn.Module | None, mcfg:
     """Fine-tuning's starting point: the weights of a model file or last.pt of the same model
     config (and its viseme head when both have one); the run's optimizer and schedule start fresh.
     `fresh_audio` keeps only the geometry encoder and decoder: the audio path and the viseme head
-    keep their new initialisation (an audio path stuck in a poor optimum is retrained from scratch)."""
+    keep their new initialisation (an audio path stuck in a poor optimum is retrained from scratch,
+    or one of another audio config is tried on a trained geometry path)."""
     data = read_file(path)
-    check_model_config(f"train.init_from {path}", data.get("config"), mcfg, "fine-tune", any_name=True)
+    check_model_config(f"train.init_from {path}", data.get("config"), mcfg, "fine-tune", any_name=True,
+                       any_audio=fresh_audio)
     state = data["model"]
     if fresh_audio:
         audio = ("audio_encoder.", "audio_embedding.", "lstm.")

@@ -1,0 +1,58 @@
+"""The model card's numbers from tools/evaluate_model.sh outputs, one block per folder:
+
+    python tools/summarize_eval.py /work/data/eval4_v4 /work/data/eval5_v5
+
+Real speech on each head (artic_flame, artic_demo, artic_biwi) and the synthetic test's
+articulation (artic_synth): bilabials closed, open-vowel and bilabial opening, their ratio, lips in
+silence, upper face and far field during speech (mm), lag (frames). Synthetic test (synth): LVE and
+its ratio to a still face's, MVE, mouth r overall and in the three never-heard languages.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+# the synthetic test split's (every 2nd clip) under `python -m training.predict --baseline neutral`
+STILL_FACE_LVE_MM2 = 69.4
+UNSEEN = ("hu", "ta", "sw")
+
+
+def articulation_line(p: dict) -> str:
+    return (f"closed {p['bilabials_closed']}/{p['bilabials']} ({p['closure_rate'] * 100:.0f}%), "
+            f"open/bilabial {p['open_vowel_opening_mm']:.2f}/{p['bilabial_opening_mm']:.2f} mm "
+            f"(ratio {p['open_to_bilabial_ratio']:.2f}), silence {p['silence_lip_motion_mm']:.2f}, "
+            f"upper {p['speech_upper_face_motion_mm']:.2f}, far {p['speech_far_field_motion_mm']:.2f}, "
+            f"lag {p['lag_frames_median']}")
+
+
+def summarize(folder: Path) -> list[str]:
+    lines = [f"== {folder}"]
+    for head in ("flame", "demo", "biwi", "synth"):
+        f = folder / f"artic_{head}" / "articulation.json"
+        if f.is_file():
+            lines.append(f"  {head:6s} {articulation_line(json.loads(f.read_text())['pooled'])}")
+    summary, lipsync = folder / "synth" / "summary.json", folder / "synth" / "lipsync.json"
+    if summary.is_file() and lipsync.is_file():
+        s, ls = json.loads(summary.read_text()), json.loads(lipsync.read_text())
+        lve = s["lve"] * 1e6
+        by_lang = ls["mouth_r_by_language"]
+        unseen = "/".join(f"{by_lang[k]['mouth_r_mean']:.2f}" if k in by_lang else "-" for k in UNSEEN)
+        lines.append(f"  synth  LVE {lve:.1f} mm² ({lve / STILL_FACE_LVE_MM2:.2f}x still face), "
+                     f"MVE {s['mve'] * 1e3:.2f} mm, mouth r {ls['mouth_r_mean']:.3f}, "
+                     f"{'/'.join(UNSEEN)} {unseen}")
+    return lines
+
+
+def main(argv=None) -> int:
+    folders = [Path(a) for a in (argv if argv is not None else sys.argv[1:])]
+    if not folders:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    for folder in folders:
+        print("\n".join(summarize(folder)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
