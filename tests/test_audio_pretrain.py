@@ -171,6 +171,46 @@ def test_synthetic_split_scores_of_a_checkpoint(phone_data, phone_run, tmp_path,
     assert "nosuch" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not (SPEECH / "transcription").is_file(), reason="needs ../shared speech")
+def test_synthetic_scores_against_aligned_labels(phone_run, tmp_path, capsys):
+    """--aligned labels the English clips with pocketsphinx as real speech is labelled. A clip whose
+    'generator' phones are the aligner's own (a LibriVox recording in the test split) must score
+    the same both ways, with every frame's labels agreeing."""
+    pytest.importorskip("pocketsphinx", reason="pip install pocketsphinx")
+    import soundfile as sf
+
+    from backend.audio_io import load_audio
+    from tests.test_training import make_dataset
+    from training import audio_pretrain
+    from training.articulation import align, read_transcriptions
+
+    wav = sorted(SPEECH.glob("*.wav"))[1]
+    text = read_transcriptions(SPEECH / "transcription")[wav.stem]
+    speech = load_audio(wav)
+    sec = len(speech) / 16000
+    root = make_dataset(tmp_path / "data", seconds=(sec,))
+    n = len(sf.read(root / "wav" / "s04_sent00.wav")[0])
+    speech = speech[:n] if len(speech) >= n else np.pad(speech, (0, n - len(speech)))
+    sf.write(root / "wav" / "s04_sent00.wav", speech, 16000, subtype="FLOAT")
+    phones = [list(p) for p in align(speech, 16000, text)[0]]
+    clips = {f"s0{i}_sent00": {"subject": f"s0{i}", "phonemes": [["aa", 0.0, sec]], "language": "de", "text": "x"}
+             for i in (1, 2, 3, 4)}
+    clips["s04_sent00"] = {"subject": "s04", "phonemes": phones, "language": "en", "text": text}
+    (root / "clips.json").write_text(json.dumps({"generator": "test", "clips": clips}))
+
+    out = tmp_path / "a.json"
+    assert audio_pretrain.main(["--checkpoint", str(phone_run / "last.pt"), "--data", str(root), "--aligned",
+                                "--json", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert list(res["clips"]) == ["s04_sent00"] and res["aligned_skipped"] == []
+    assert res["label_agreement"] == 1.0 and res["generator"] == res["aligned"] and res["aligned"]["frames"] > 50
+    assert "agree on 1.000 of the frames" in capsys.readouterr().out
+    # a split without English clips: a clear refusal
+    assert audio_pretrain.main(["--checkpoint", str(phone_run / "last.pt"), "--data", str(root), "--aligned",
+                                "--split", "train"]) == 2
+    assert "English" in capsys.readouterr().err
+
+
 def test_default_v4_config_fine_tunes_the_shipped_architecture():
     from dataclasses import asdict
 
@@ -186,3 +226,7 @@ def test_default_v4_config_fine_tunes_the_shipped_architecture():
     shipped = read_file(root / "backend" / "assets" / "default_model.pt")["config"]
     built = build_model_config(v4, shipped["fps"], shipped["frame_size"]).to_dict()
     assert built == shipped  # the bundled model is this config's, name included
+    # the candidate after it (not shipped) fine-tunes the same architecture, the warp on
+    v5 = load_config(root / "training" / "configs" / "default_v5.toml", ["data.root=/x"])
+    assert {**asdict(v5.model), "name": ""} == {**asdict(v4.model), "name": ""}
+    assert v5.augment.vtlp_prob > 0 and not v5.train.init_fresh_audio and v5.train.audio_lr_scale < v4.train.audio_lr_scale
