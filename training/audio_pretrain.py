@@ -8,6 +8,10 @@ frames (a third of all frames are silence), so the decoder could not tell an ope
 closure and averaged them. The same path trained alone from scratch, at a lower rate with clipped
 gradients, reached 91% on those frames in 8,000 steps on 2 processes (12 min): a whole-clip audio
 step costs tens of milliseconds on a CPU core where a joint step costs over a second.
+
+`python -m training.audio_pretrain --checkpoint last.pt` scores a run's audio path alone: on real
+recordings (`--speech-dir`, pocketsphinx-aligned) or on a synthetic split (`--data`, the
+generator's phones; `--aligned` also scores its English clips against pocketsphinx's phones).
 """
 from __future__ import annotations
 
@@ -150,8 +154,8 @@ def real_speech_scores(checkpoint, speech_dir) -> dict:
     """The viseme head's accuracy on real recordings: a folder of .wav files with a CMU
     `transcription` file, phones from pocketsphinx forced alignment (training.articulation).
     This is the synthetic-to-real gap of the audio path itself, before any mesh: labels from an
-    aligner are rougher than the generator's, so compare models on the same clips, not with the
-    synthetic score."""
+    aligner are rougher than the generator's (synthetic_scores(aligned=True) measures by how much),
+    so compare models on the same clips, not with the synthetic score."""
     from backend.audio_io import load_audio
     from training.articulation import align, read_transcriptions
     from training.train import viseme_labels
@@ -229,6 +233,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the scores here too")
     p.add_argument("--quiet", action="store_true", help="print only the pooled score")
     a = p.parse_args(argv)
+    if a.aligned and not a.data:
+        p.error("--aligned goes with --data (real speech is always aligned)")
     try:
         if a.data:
             res = synthetic_scores(a.checkpoint, a.data, a.split, a.every, a.aligned)

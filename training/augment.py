@@ -8,7 +8,8 @@ reproducible. Audio is mono float at 16 kHz; every output is finite and within [
 
 `augment_audio(wav, cfg, rng)` (cfg: training.config.AugmentSection, the [augment] section)
 applies the configured chain, each effect with its probability:
-vocal-tract warp (the speaker) -> reverb (the room) -> noise (in the room) -> a band limit (the channel) -> a codec -> gain.
+vocal-tract warp (the speaker) -> reverb (the room) -> noise (in the room) -> a band limit (the
+channel) -> a codec -> gain.
 Speed perturbation is separate because it changes the clip's length: the trainer resamples the
 audio with `speed_perturb` and reads the motion at `speed_frame_positions` (fractional source
 frames, linearly interpolated), so frames = floor(duration * fps) + 1 still holds.
@@ -147,7 +148,7 @@ def vocal_tract_warp(x: np.ndarray, alpha: float, sr: int = SAMPLE_RATE, n_fft: 
     """The same words from another vocal tract: every frequency moved by vtlp_warp (formants and
     harmonics alike), timing unchanged, so the motion target stays aligned.
 
-    Why: the training voices are a few dozen synthesizers, real speakers differ most in formant
+    Why: the training voices are variants of a few synthesizers, real speakers differ most in formant
     scale, and a log-mel encoder that keys on one voice's formant positions misreads the next one.
     Magnitudes are read at the warped frequency; phases are re-accumulated from each source bin's
     instantaneous frequency, warped (a phase vocoder), so harmonics stay harmonics. Same length;
