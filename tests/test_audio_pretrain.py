@@ -159,12 +159,23 @@ def test_synthetic_split_scores_of_a_checkpoint(phone_data, phone_run, tmp_path,
     labelled = sum(int((T.viseme_labels(phones[c.name], T.ClipStore.motion(c).shape[0], c.fps, lead) >= 0).sum())
                    for c in clips)
     assert res["pooled"]["frames"] == labelled > 0 and 0.0 <= res["pooled"]["acc"] <= 1.0
+    conf = np.array(res["confusion"])  # rows: the label; the diagonal: the right guesses
+    assert conf.shape == (T.N_VISEMES, T.N_VISEMES) and conf.sum() == labelled
+    assert np.trace(conf) / conf.sum() == pytest.approx(res["pooled"]["acc"])
+    assert set(np.flatnonzero(conf.sum(1))) <= {res["visemes"].index("aa"), res["visemes"].index("PP")}  # 'aa' and 'm'
     # the same head on the same clip scores the same through the API, alone
     one = audio_pretrain.synthetic_scores(phone_run / "last.pt", phone_data, "train", every=2)
     assert len(one["clips"]) == (len(clips) + 1) // 2
     assert one["clips"][clips[0].name] == pytest.approx(res["clips"][clips[0].name])
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and printed[0].startswith("all: accuracy") and f"{len(clips)} clips" in printed[0]
+    assert audio_pretrain.main(["--checkpoint", str(phone_run / "last.pt"), "--data", str(phone_data),
+                                "--split", "train", "--quiet", "--confusion"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[:-1]
+    for name in ("aa", "PP"):
+        i = res["visemes"].index(name)
+        assert any(r.split()[:2] == [name, str(conf[i].sum())] and f"recall {conf[i, i] / conf[i].sum():.2f}" in r
+                   for r in rows), rows
     # a split without clips: a clear refusal
     assert audio_pretrain.main(["--checkpoint", str(phone_run / "last.pt"), "--data", str(phone_data),
                                 "--split", "nosuch"]) == 2

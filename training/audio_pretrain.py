@@ -40,13 +40,14 @@ def audio_parameters(model: ScanTalk) -> list[nn.Parameter]:
 
 
 def _frame_scores(model, head, wav: np.ndarray, labels: torch.Tensor):
-    """(cross-entropy sum, correct frames, labelled frames) of one clip; labels -1 are skipped."""
+    """(cross-entropy sum, correct frames, labelled frames, predicted class of each labelled frame)
+    of one clip; labels -1 are skipped."""
     x = torch.from_numpy(np.ascontiguousarray(wav, np.float32))[None].to(labels.device)
     logits = head(model.encode_audio(x, len(labels)))
     known = labels >= 0
     ce = F.cross_entropy(logits[known], labels[known], reduction="sum")
-    correct = (logits[known].argmax(1) == labels[known]).sum()
-    return ce, correct, int(known.sum())
+    pred = logits[known].argmax(1)
+    return ce, (pred == labels[known]).sum(), int(known.sum()), pred
 
 
 @torch.no_grad()
@@ -58,7 +59,7 @@ def viseme_scores(model, head, clips: Sequence, wav_of: Callable, labels_of: Cal
     head.eval()
     ce = correct = n = 0.0
     for clip in clips[d.rank::d.world]:
-        c, k, m = _frame_scores(model, head, wav_of(clip), labels_of(clip))
+        c, k, m, _ = _frame_scores(model, head, wav_of(clip), labels_of(clip))
         ce, correct, n = ce + float(c), correct + float(k), n + m
     if d.on:
         t = torch.tensor([ce, correct, n], dtype=torch.float64)
@@ -92,7 +93,7 @@ def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Ca
         wav = wav_of(clip)
         if aug is not None and aug.any_audio:
             wav, _ = augment_audio(wav, aug, rng)
-        ce, correct, m = _frame_scores(model, head, wav, labels_of(clip))
+        ce, correct, m, _ = _frame_scores(model, head, wav, labels_of(clip))
         loss = ce / max(m, 1)
         for g in opt.param_groups:
             g["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / max(1, steps))))
@@ -141,13 +142,39 @@ def load_scorer(checkpoint):
     return model, head, phone_lead
 
 
+@torch.no_grad()
 def _per_clip(model, head, wavs: dict, labels: dict) -> dict:
-    from training.train import Dist
+    """Scores per clip and pooled, and the confusion matrix (rows: the label, columns: the head's
+    guess; viseme order of training.synth.visemes.VISEMES), in one pass."""
+    from training.synth.visemes import VISEMES
 
-    per_clip = {c: viseme_scores(model, head, [c], wavs.__getitem__, labels.__getitem__, Dist()) for c in sorted(wavs)}
+    model.eval()
+    head.eval()
+    k = len(VISEMES)
+    confusion = torch.zeros(k * k, dtype=torch.long)
+    per_clip = {}
+    for c in sorted(wavs):
+        y = labels[c]
+        ce, correct, m, pred = _frame_scores(model, head, wavs[c], y)
+        confusion += torch.bincount(y[y >= 0] * k + pred, minlength=k * k)
+        per_clip[c] = {"ce": float(ce) / max(m, 1), "acc": float(correct) / max(m, 1), "frames": float(m)}
     n = sum(s["frames"] for s in per_clip.values())
-    pooled = {k: sum(s[k] * s["frames"] for s in per_clip.values()) / max(n, 1.0) for k in ("ce", "acc")}
-    return {"pooled": {**pooled, "frames": n}, "clips": per_clip}
+    pooled = {key: sum(s[key] * s["frames"] for s in per_clip.values()) / max(n, 1.0) for key in ("ce", "acc")}
+    return {"pooled": {**pooled, "frames": n}, "clips": per_clip,
+            "visemes": list(VISEMES), "confusion": confusion.view(k, k).tolist()}
+
+
+def confusion_lines(res: dict, min_frames: int = 10) -> list[str]:
+    """Per viseme with at least `min_frames` labelled frames: recall and the three likeliest guesses."""
+    names, conf = res["visemes"], torch.tensor(res["confusion"])
+    lines = []
+    for i, name in enumerate(names):
+        n = int(conf[i].sum())
+        if n >= min_frames:
+            top = conf[i].argsort(descending=True)[:3]
+            lines.append(f"  {name:4s} {n:5d} frames, recall {float(conf[i, i]) / n:.2f}; called "
+                         + ", ".join(f"{names[j]} {int(conf[i, j])}" for j in top))
+    return lines
 
 
 def real_speech_scores(checkpoint, speech_dir) -> dict:
@@ -232,6 +259,7 @@ def main(argv=None) -> int:
                    help="with --data: English clips, also against pocketsphinx's alignment (what the aligner costs)")
     p.add_argument("--json", help="write the scores here too")
     p.add_argument("--quiet", action="store_true", help="print only the pooled score")
+    p.add_argument("--confusion", action="store_true", help="also each viseme's recall and what it is taken for")
     a = p.parse_args(argv)
     if a.aligned and not a.data:
         p.error("--aligned goes with --data (real speech is always aligned)")
@@ -251,6 +279,8 @@ def main(argv=None) -> int:
         print(f"{g['frames']:.0f} frames of English clips: accuracy {g['acc']:.3f} against the generator's phones, "
               f"{al['acc']:.3f} against pocketsphinx's (cross-entropy {g['ce']:.3f}, {al['ce']:.3f}); the labels "
               f"agree on {res['label_agreement']:.3f} of the frames; {len(res['aligned_skipped'])} clips not aligned")
+    if a.confusion:
+        print("\n".join(confusion_lines(res)))
     s = res["pooled"]
     print(f"all: accuracy {s['acc']:.3f}, cross-entropy {s['ce']:.3f} ({s['frames']:.0f} frames, {len(res['clips'])} clips)")
     if a.json:
