@@ -245,6 +245,14 @@ def align(samples: np.ndarray, sr: int, text: str | None = None) -> tuple[list, 
     return phones, words
 
 
+def speech_dir_audios(folder) -> list[tuple[str, Path, str | None]]:
+    """(name, wav path, transcript or None) of every .wav in `folder`, transcripts from its CMU
+    `transcription` file when there is one (../shared/data/speech's layout)."""
+    folder = Path(folder)
+    texts = read_transcriptions(folder / "transcription") if (folder / "transcription").is_file() else {}
+    return [(w.stem, w, texts.get(w.stem)) for w in sorted(folder.glob("*.wav"))]
+
+
 def read_transcriptions(path) -> dict[str, str]:
     """CMU Sphinx test-data format: `<s> words </s> (utterance_id)` per line."""
     out = {}
@@ -421,9 +429,7 @@ def main(argv=None) -> int:
                 p.error("--mesh and --lips are needed (or --data for a synthetic dataset)")
             audios = []
             if a.speech_dir:
-                d = Path(a.speech_dir)
-                texts = read_transcriptions(d / "transcription") if (d / "transcription").is_file() else {}
-                audios += [(w.stem, w, texts.get(w.stem)) for w in sorted(d.glob("*.wav"))]
+                audios += speech_dir_audios(a.speech_dir)
             texts = a.text + [None] * (len(a.audio) - len(a.text))
             audios += [(Path(w).stem, Path(w), t) for w, t in zip(a.audio, texts)]
             if not audios:

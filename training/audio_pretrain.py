@@ -39,11 +39,15 @@ def audio_parameters(model: ScanTalk) -> list[nn.Parameter]:
     return [p for m in mods for p in m.parameters() if p.requires_grad]
 
 
-def _frame_scores(model, head, wav: np.ndarray, labels: torch.Tensor):
+def _logits(model, head, wav: np.ndarray, labels: torch.Tensor) -> torch.Tensor:
+    """[frames, visemes] of one clip, one frame per label, on the labels' device."""
+    x = torch.from_numpy(np.ascontiguousarray(wav, np.float32))[None].to(labels.device)
+    return head(model.encode_audio(x, len(labels)))
+
+
+def _frame_scores(logits: torch.Tensor, labels: torch.Tensor):
     """(cross-entropy sum, correct frames, labelled frames, predicted class of each labelled frame)
     of one clip; labels -1 are skipped."""
-    x = torch.from_numpy(np.ascontiguousarray(wav, np.float32))[None].to(labels.device)
-    logits = head(model.encode_audio(x, len(labels)))
     known = labels >= 0
     ce = F.cross_entropy(logits[known], labels[known], reduction="sum")
     pred = logits[known].argmax(1)
@@ -59,7 +63,8 @@ def viseme_scores(model, head, clips: Sequence, wav_of: Callable, labels_of: Cal
     head.eval()
     ce = correct = n = 0.0
     for clip in clips[d.rank::d.world]:
-        c, k, m, _ = _frame_scores(model, head, wav_of(clip), labels_of(clip))
+        y = labels_of(clip)
+        c, k, m, _ = _frame_scores(_logits(model, head, wav_of(clip), y), y)
         ce, correct, n = ce + float(c), correct + float(k), n + m
     if d.on:
         t = torch.tensor([ce, correct, n], dtype=torch.float64)
@@ -93,7 +98,8 @@ def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Ca
         wav = wav_of(clip)
         if aug is not None and aug.any_audio:
             wav, _ = augment_audio(wav, aug, rng)
-        ce, correct, m, _ = _frame_scores(model, head, wav, labels_of(clip))
+        y = labels_of(clip)
+        ce, correct, m, _ = _frame_scores(_logits(model, head, wav, y), y)
         loss = ce / max(m, 1)
         for g in opt.param_groups:
             g["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / max(1, steps))))
@@ -129,6 +135,7 @@ def load_scorer(checkpoint):
     model file); the labels are read as the head learned them: phones shifted by the run's lead."""
     from backend.checkpoint import read_file
     from backend.model import ModelConfig
+    from training.config import LossSection
     from training.train import N_VISEMES
 
     data = read_file(checkpoint)
@@ -138,24 +145,30 @@ def load_scorer(checkpoint):
     model.load_state_dict(data["model"])
     head = nn.Linear(model.cfg.latent, N_VISEMES)
     head.load_state_dict(data["aux_heads"]["phone"])
-    phone_lead = float(((data.get("train_config") or {}).get("loss") or {}).get("phone_lead", 0.06))
+    loss = (data.get("train_config") or {}).get("loss") or {}
+    phone_lead = float(loss.get("phone_lead", LossSection().phone_lead))
     return model, head, phone_lead
 
 
 @torch.no_grad()
-def _per_clip(model, head, wavs: dict, labels: dict) -> dict:
-    """Scores per clip and pooled, and the confusion matrix (rows: the label, columns: the head's
-    guess; viseme order of training.synth.visemes.VISEMES), in one pass."""
-    from training.synth.visemes import VISEMES
-
+def clip_logits(model, head, wavs: dict, labels: dict) -> dict:
+    """The head's logits for every clip, once: every score below is read from these."""
     model.eval()
     head.eval()
+    return {c: _logits(model, head, wavs[c], labels[c]) for c in sorted(wavs)}
+
+
+def score_logits(logits: dict, labels: dict) -> dict:
+    """Scores per clip of `labels` and pooled, and the confusion matrix (rows: the label, columns:
+    the head's guess; viseme order of training.synth.visemes.VISEMES)."""
+    from training.synth.visemes import VISEMES
+
     k = len(VISEMES)
     confusion = torch.zeros(k * k, dtype=torch.long)
     per_clip = {}
-    for c in sorted(wavs):
+    for c in sorted(labels):
         y = labels[c]
-        ce, correct, m, pred = _frame_scores(model, head, wavs[c], y)
+        ce, correct, m, pred = _frame_scores(logits[c], y)
         confusion += torch.bincount(y[y >= 0] * k + pred, minlength=k * k)
         per_clip[c] = {"ce": float(ce) / max(m, 1), "acc": float(correct) / max(m, 1), "frames": float(m)}
     n = sum(s["frames"] for s in per_clip.values())
@@ -184,21 +197,19 @@ def real_speech_scores(checkpoint, speech_dir) -> dict:
     aligner are rougher than the generator's (synthetic_scores(aligned=True) measures by how much),
     so compare models on the same clips, not with the synthetic score."""
     from backend.audio_io import load_audio
-    from training.articulation import align, read_transcriptions
+    from training.articulation import align, speech_dir_audios
     from training.train import viseme_labels
 
     model, head, phone_lead = load_scorer(checkpoint)
-    folder = Path(speech_dir)
-    texts = read_transcriptions(folder / "transcription") if (folder / "transcription").is_file() else {}
     wavs, labels = {}, {}
-    for path in sorted(folder.glob("*.wav")):
+    for name, path, text in speech_dir_audios(speech_dir):
         samples = load_audio(path)
-        phones, _ = align(samples, 16000, texts.get(path.stem))
-        wavs[path.stem] = samples
-        labels[path.stem] = viseme_labels(phones, model.num_frames(len(samples)), model.cfg.fps, phone_lead)
+        phones, _ = align(samples, 16000, text)
+        wavs[name] = samples
+        labels[name] = viseme_labels(phones, model.num_frames(len(samples)), model.cfg.fps, phone_lead)
     if not wavs:
-        raise ValueError(f"no .wav files in {folder}")
-    return {"checkpoint": str(checkpoint), **_per_clip(model, head, wavs, labels)}
+        raise ValueError(f"no .wav files in {speech_dir}")
+    return {"checkpoint": str(checkpoint), **score_logits(clip_logits(model, head, wavs, labels), labels)}
 
 
 def synthetic_scores(checkpoint, data_root, split: str = "test", every: int = 1, aligned: bool = False) -> dict:
@@ -226,7 +237,8 @@ def synthetic_scores(checkpoint, data_root, split: str = "test", every: int = 1,
                          + (" in English (--aligned)" if aligned else ""))
     wavs = {c.name: store.wav(c) for c in clips}
     labels = {c.name: viseme_labels(phones[c.name], store.motion(c).shape[0], c.fps, phone_lead) for c in clips}
-    res = {"checkpoint": str(checkpoint), "split": split, **_per_clip(model, head, wavs, labels)}
+    logits = clip_logits(model, head, wavs, labels)
+    res = {"checkpoint": str(checkpoint), "split": split, **score_logits(logits, labels)}
     if not aligned:
         return res
     ali, skipped = {}, []
@@ -238,10 +250,9 @@ def synthetic_scores(checkpoint, data_root, split: str = "test", every: int = 1,
             skipped.append(c.name)
     if not ali:
         raise ValueError("pocketsphinx aligned none of the English clips")
-    both = {k: wavs[k] for k in ali}
     agree = [(labels[k] == ali[k])[(labels[k] >= 0) & (ali[k] >= 0)] for k in ali]
-    return {**res, "generator": _per_clip(model, head, both, {k: labels[k] for k in ali})["pooled"],
-            "aligned": _per_clip(model, head, both, ali)["pooled"], "aligned_skipped": skipped,
+    return {**res, "generator": score_logits(logits, {k: labels[k] for k in ali})["pooled"],
+            "aligned": score_logits(logits, ali)["pooled"], "aligned_skipped": skipped,
             "label_agreement": float(torch.cat(agree).float().mean())}
 
 
