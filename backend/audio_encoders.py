@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .phone_stream import PHONES, phone_frames
+
 SAMPLE_RATE = 16000
 
 
@@ -139,19 +141,29 @@ class LogMelEncoder(AudioEncoder):
     `norm="bin"` also removes each mel bin's mean over the utterance (cepstral mean normalisation):
     a microphone's or codec's colouring is a constant offset per bin in the log domain, so this
     takes the recording channel out of what the conv stack sees.
+    `phones="pocketsphinx"` adds one channel per phone (backend/phone_stream.py): the phone a
+    recogniser trained on real speech hears in each 10 ms step, one-hot beside the log-mel.
+    `mel=False` leaves the log-mel out (phones alone, plus the loudness of each step).
     """
 
     def __init__(self, n_mels: int = 80, hidden: int = 128, out_dim: int = 128, n_layers: int = 2,
-                 kernel: int = 5, hop: int = 160, n_fft: int = 400, norm: str = "utterance"):
+                 kernel: int = 5, hop: int = 160, n_fft: int = 400, norm: str = "utterance",
+                 phones: str = "none", mel: bool = True):
         super().__init__()
         if norm not in ("utterance", "bin"):
             raise ValueError(f"logmel norm must be 'utterance' or 'bin', got {norm!r}")
-        self.norm = norm
+        if phones not in ("none", "pocketsphinx"):
+            raise ValueError(f"logmel phones must be 'none' or 'pocketsphinx', got {phones!r}")
+        if not mel and phones == "none":
+            raise ValueError("logmel with mel = false needs phones = 'pocketsphinx' (it would hear nothing)")
+        if phones != "none" and hop != 160:
+            raise ValueError(f"logmel phones need hop = 160 (10 ms, the recogniser's frame), got {hop}")
+        self.norm, self.phones, self.mel = norm, phones, bool(mel)
         self.n_mels, self.hidden, self.n_layers, self.kernel = n_mels, hidden, n_layers, kernel
         self.hop, self.n_fft, self.out_dim = hop, n_fft, out_dim
         self.register_buffer("mel_fb", torch.from_numpy(mel_filterbank(n_fft, n_mels)), persistent=False)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        layers, c = [], n_mels
+        layers, c = [], (n_mels if mel else 1) + (len(PHONES) if phones != "none" else 0)
         for _ in range(n_layers):
             # replicate padding: a clip's edges look like its neighbouring audio, not like a click of zeros
             layers += [nn.Conv1d(c, hidden, kernel, padding=kernel // 2, padding_mode="replicate"), nn.GELU()]
@@ -161,7 +173,8 @@ class LogMelEncoder(AudioEncoder):
 
     def config_dict(self) -> dict:
         return dict(n_mels=self.n_mels, hidden=self.hidden, out_dim=self.out_dim, n_layers=self.n_layers,
-                    kernel=self.kernel, hop=self.hop, n_fft=self.n_fft, norm=self.norm)
+                    kernel=self.kernel, hop=self.hop, n_fft=self.n_fft, norm=self.norm,
+                    phones=self.phones, mel=self.mel)
 
     def num_frames(self, num_samples: int, fps: float) -> int:
         # The synthetic data rule: frames = floor(duration * fps) + 1 (first and last sample).
@@ -173,11 +186,18 @@ class LogMelEncoder(AudioEncoder):
         return torch.log(mel + 1e-6)
 
     def features(self, wav: torch.Tensor) -> torch.Tensor:
-        """[B, n_mels, N100] normalised log-mel: what the conv stack reads."""
+        """[B, C, N100] what the conv stack reads: the normalised log-mel (or, with mel=False,
+        its mean over the bins: loudness), then the one-hot phones when the config has them."""
         x = wav / (wav.abs().amax(dim=-1, keepdim=True) + 1e-4)  # loudness-invariant, silence stays ~0
         m = self.log_mel(x)
         m = m - m.mean(dim=2 if self.norm == "bin" else (1, 2), keepdim=True)
-        return m / (m.std(dim=(1, 2), keepdim=True) + 1.0)
+        m = m / (m.std(dim=(1, 2), keepdim=True) + 1.0)
+        if not self.mel:
+            m = m.mean(dim=1, keepdim=True)
+        if self.phones == "none":
+            return m
+        ph = [torch.from_numpy(phone_frames(row, m.shape[2])) for row in x.detach().float().cpu().numpy()]
+        return torch.cat([m, torch.stack(ph).to(m)], dim=1)
 
     def forward(self, wav: torch.Tensor, n_frames: int) -> torch.Tensor:
         h = self.convs(self.features(wav))
