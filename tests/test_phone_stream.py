@@ -72,3 +72,21 @@ def test_logmel_encoder_with_phones(voice):
 def test_logmel_phone_configs_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         LogMelEncoder(**kw)
+
+
+def test_a_phone_model_round_trips_through_its_file_and_holds_still_in_silence(voice, tmp_path):
+    from backend.checkpoint import load_model, save_model
+    from backend.model import ModelConfig, ScanTalk
+
+    torch.manual_seed(0)
+    audio = {"kind": "logmel", "config": {"n_mels": 16, "hidden": 16, "out_dim": 8, "phones": "pocketsphinx"}}
+    model = ScanTalk(ModelConfig(audio=audio, latent=8, width=8, n_blocks=2, lstm_layers=1, k_eig=16)).eval()
+    save_model(tmp_path / "m.pt", model)
+    again = load_model(tmp_path / "m.pt")
+    assert again.audio_encoder.phones == "pocketsphinx"
+    wav = torch.from_numpy(voice)[None]
+    n = model.num_frames(wav.shape[1])
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_audio(wav, n), model.encode_audio(wav, n))
+        silent = model.audio_encoder(torch.zeros(1, 32000), 61)
+    assert torch.allclose(silent, silent[:, :1].expand_as(silent), atol=1e-5)
