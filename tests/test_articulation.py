@@ -230,14 +230,20 @@ def test_cli_on_the_demo_head(tmp_path):
     pytest.importorskip("pocketsphinx", reason="pip install pocketsphinx")
     assets = ROOT / "backend" / "assets"
     out = tmp_path / "report"
+    import soundfile as sf
+
+    sf.write(str(tmp_path / "blip.wav"), np.zeros(4800, np.float32), 16000)  # too short for its text
     cmd = [sys.executable, "-m", "training.articulation", "--mesh", str(assets / "demo_head.obj"),
            "--lips", str(assets / "demo_head_lips.txt"), "--upper", str(assets / "demo_head_upper.txt"),
            "--audio", str(assets / "demo_voice.wav"),
            "--text", "unless to be rather cold hearted and rather selfish is to be ill disposed",
+           "--audio", str(tmp_path / "blip.wav"), "--text", "had he married a more amiable woman",
            "--out", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads((out / "articulation.json").read_text())
+    assert list(rep["skipped"]) == ["blip"] and "could not align" in rep["skipped"]["blip"]
+    assert list(rep["clips"]) == ["demo_voice"] and "blip: skipped" in r.stderr
     pooled = rep["pooled"]
     assert rep["inner_lip"] == "mouth_hole"
     assert pooled["bilabials"] == 3  # "to Be ... to Be ill disPosed"

@@ -232,12 +232,16 @@ def align(samples: np.ndarray, sr: int, text: str | None = None) -> tuple[list, 
     except Exception as exc:
         raise RuntimeError(f"pocketsphinx cannot align {words!r}: {exc} (a word missing from its "
                            "dictionary?)") from exc
-    for _ in range(2):  # the first pass finds the words, the second their phones and states
-        d.start_utt()
-        d.process_raw(pcm, full_utt=True)
-        d.end_utt()
-        if _ == 0:
-            d.set_alignment()
+    try:
+        for _ in range(2):  # the first pass finds the words, the second their phones and states
+            d.start_utt()
+            d.process_raw(pcm, full_utt=True)
+            d.end_utt()
+            if _ == 0:
+                d.set_alignment()
+    except RuntimeError as exc:
+        raise RuntimeError(f"pocketsphinx could not align {words!r} to the audio ({exc}): is the "
+                           "transcript the one spoken, and the clip long enough?") from exc
     phones = []
     for w in d.get_alignment():
         for p in w:
@@ -348,10 +352,15 @@ def report_model(mesh, lips, audios, out_dir, upper=None, checkpoint=None, fit_s
     model, _ = session.model(resolve_checkpoint(checkpoint), torch.device(device))
     verts, faces, _ = _mesh_in_metres(mesh, fit_size, model.cfg.frame_size)
     lip = inner_lip(verts, faces, lips)
-    reports, clips = [], {}
+    reports, clips, skipped = [], {}, {}
     for name, wav, text in audios:
         samples = load_audio(wav)
-        phones, words = align(samples, 16000, text)
+        try:
+            phones, words = align(samples, 16000, text)
+        except RuntimeError as exc:  # one clip the aligner cannot place costs that clip, not the report
+            print(f"{name}: skipped, {exc}", file=sys.stderr)
+            skipped[name] = str(exc)
+            continue
         res = animate((verts, faces), wav, checkpoint=checkpoint, device=device, session=session)
         seq = verts[None] + res.offsets.astype(np.float64)  # offsets come back in the input's units (m)
         rep = measure_clip(name, seq, verts, lip, phones, res.fps, lips=lips, upper=upper,
@@ -360,8 +369,10 @@ def report_model(mesh, lips, audios, out_dir, upper=None, checkpoint=None, fit_s
         clips[name] = rep.summary() | {"transcript": words}
         if plots:
             plot_clip(rep, Path(out_dir) / f"{name}.png", samples)
+    if not reports:
+        raise ValueError(f"pocketsphinx aligned none of the {len(skipped)} recordings: {skipped}")
     return {"mesh": str(mesh), "inner_lip": lip.method, "checkpoint": str(checkpoint or "default"),
-            "pooled": summarise(reports), "clips": clips}
+            "pooled": summarise(reports), "clips": clips, "skipped": skipped}
 
 
 def report_dataset(root, split="test", pred_dir=None, out_dir=None, plots=True, max_plots=6,
