@@ -5,8 +5,9 @@ real recordings; a phone loop over it (no words, no dictionary) names the phone 
 frame in any language, since lips care about the place of articulation, not the language. A
 speech encoder trained only on text-to-speech voices reads real speech much worse than this: on
 the LibriVox clips the recogniser's frames fall in the right viseme class 68% of the time against
-50% for the bundled version-4 log-mel encoder (MODEL_CARD.md). `LogMelEncoder(phones="pocketsphinx")`
-reads these frames beside the log-mel.
+50% for the bundled version-4 log-mel encoder, though those labels come from pocketsphinx's own
+aligner, so 68% flatters it. `LogMelEncoder(phones="pocketsphinx")` reads these frames beside the
+log-mel. The candidate trained with it (version 6) was not shipped: MODEL_CARD.md says why.
 
 A fresh decoder per utterance: one reused across utterances carries adaptation state over, so the
 same audio would give different phones depending on what was decoded before it.
