@@ -1,0 +1,127 @@
+"""The real-speech articulation gap on identical words: each transcript of a speech folder spoken
+again by text-to-speech voices, the model's lips measured on each, under two judges.
+
+    python tools/same_text_voices.py [--checkpoint C] [--speech-dir ../shared/data/speech] \
+        [--voice flite:awb --voice flite:slt --voice espeak:en-us+m4]
+
+Real recordings and the training voices differ in words as well as in sound, and the synthetic test
+is judged by the generator's own phone timings while real speech is judged by pocketsphinx's
+alignment. Here the words are the same for every row, and each voiced clip is judged both ways:
+"aligned" (pocketsphinx forced alignment of the transcript, as for the real recordings) and "own"
+(the voice's own phone timings, as for the synthetic test). One animation per clip serves both.
+The two judges spell the schwa differently: pocketsphinx's dictionary as AH (an open vowel of the
+report), the voices as AX (not one). The "-noAH" rows leave AH out of the open vowels under either
+judge, so that they count the same vowels.
+Prints one line per head, voice and judge: bilabials closed, open-vowel and bilabial opening (mm),
+their ratio, lips in silence (mm), lag (frames); real recordings first.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from backend.audio_io import load_audio  # noqa: E402
+from backend.inference import Session, animate  # noqa: E402
+from training.articulation import (_mesh_in_metres, align, load_indices, measure_clip,  # noqa: E402
+                                   speech_dir_audios, summarise)
+from training.lip_geometry import inner_lip  # noqa: E402
+from training.synth.tts import TTSError, Voice, synthesize  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+HEADS = {
+    "flame": (SHARED / "meshes/FLAME_sample.ply", SHARED / "masks/vocaset/FLAME_lips_idx.mat",
+              SHARED / "masks/vocaset/upper_mask.npy"),
+    "demo": (ROOT / "backend/assets/demo_head.obj", ROOT / "backend/assets/demo_head_lips.txt",
+             ROOT / "backend/assets/demo_head_upper.txt"),
+}
+PAUSE_S = 0.25  # the real recordings start and end in a pause; so do the voiced copies
+
+
+def line(head: str, voice: str, judge: str, reports) -> str:
+    p = summarise(reports)
+    return (f"{head:6s} {voice:16s} {judge:12s} clips {len(reports)}  closed {p['bilabials_closed']}/"
+            f"{p['bilabials']}  open/bilabial {p['open_vowel_opening_mm']:.2f}/{p['bilabial_opening_mm']:.2f} mm"
+            f" (x{p['open_to_bilabial_ratio']:.2f}, {p['open_vowels']} open vowels)  silence "
+            f"{p['silence_lip_motion_mm']:.2f}  lag {p['lag_frames_median']}")
+
+
+def without_ah(phones):
+    return [("AX" if p.upper().rstrip("012") == "AH" else p, a, b) for p, a, b in phones]
+
+
+def voiced(text: str, voice: Voice, path: Path):
+    """Speak text with a pause each side, peak at half scale: (samples, the voice's own phones)."""
+    audio, phones = synthesize(text, voice)
+    pad = np.zeros(int(PAUSE_S * 16000))
+    audio = np.concatenate([pad, audio, pad])
+    audio = (0.5 * audio / max(np.abs(audio).max(), 1e-9)).astype(np.float32)
+    sf.write(str(path), audio, 16000)
+    return audio, [(p, s + PAUSE_S, e + PAUSE_S) for p, s, e in phones]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=None, help="model file (default: the bundled model)")
+    ap.add_argument("--speech-dir", type=Path, default=SHARED / "speech")
+    ap.add_argument("--voice", action="append", default=None,
+                    help="ENGINE:NAME, e.g. flite:awb or espeak:en-us+m4 (repeatable)")
+    ap.add_argument("--heads", default="flame,demo")
+    a = ap.parse_args(argv)
+    voices = [Voice(*v.split(":", 1)) for v in (a.voice or ["flite:awb", "flite:slt", "espeak:en-us+m4"])]
+    audios = [x for x in speech_dir_audios(a.speech_dir) if x[2]]
+    if not audios:
+        raise SystemExit(f"no transcribed recordings in {a.speech_dir} (it needs a `transcription` file)")
+    session = Session()
+    with tempfile.TemporaryDirectory(prefix="same_text_") as tmp:
+        for head in a.heads.split(","):
+            mesh, lips_path, upper_path = HEADS[head]
+            verts, faces, _ = _mesh_in_metres(mesh, None, 0.35)
+            lips, upper = load_indices(lips_path), load_indices(upper_path)
+            lip = inner_lip(verts, faces, lips)
+
+            def measure(name, wav, samples):
+                """Animate once; the returned function measures that animation under given phones."""
+                res = animate((verts, faces), str(wav), checkpoint=a.checkpoint, session=session)
+                seq = verts[None] + res.offsets.astype(np.float64)
+                return lambda ph: measure_clip(name, seq, verts, lip, ph, res.fps, lips=lips,
+                                               upper=upper, samples=samples)
+
+            real = {"aligned": [], "aligned-noAH": []}
+            for name, wav, text in audios:
+                samples = load_audio(wav)
+                judge, phones = measure(name, wav, samples), align(samples, 16000, text)[0]
+                real["aligned"].append(judge(phones))
+                real["aligned-noAH"].append(judge(without_ah(phones)))
+            for j, reps in real.items():
+                print(line(head, "real", j, reps), flush=True)
+            for voice in voices:
+                by_judge = {"aligned": [], "own": [], "aligned-noAH": [], "own-noAH": []}
+                for name, _, text in audios:
+                    try:
+                        samples, own = voiced(text, voice, Path(tmp) / f"{name}.wav")
+                    except TTSError as exc:
+                        raise SystemExit(f"{voice.id}: {exc}") from exc
+                    judge = measure(name, Path(tmp) / f"{name}.wav", samples)
+                    by_judge["own"].append(judge(own))
+                    by_judge["own-noAH"].append(judge(without_ah(own)))
+                    try:
+                        phones = align(samples, 16000, text)[0]
+                    except RuntimeError:  # pocketsphinx cannot place every synthetic voice
+                        continue
+                    by_judge["aligned"].append(judge(phones))
+                    by_judge["aligned-noAH"].append(judge(without_ah(phones)))
+                for j, reps in by_judge.items():
+                    print(line(head, voice.id, j, reps) if reps else f"{head:6s} {voice.id:16s} {j:12s} "
+                          "no clip aligned", flush=True)
+
+
+if __name__ == "__main__":
+    main()
