@@ -38,3 +38,10 @@ def test_voiced_clip_has_its_pauses_and_shifted_phones(tmp_path):
     assert not samples[:pause].any() and not samples[-pause:].any()
     assert phones[0][1] == pytest.approx(tool.PAUSE_S) and phones[-1][2] <= len(samples) / sr
     assert {"m", "b"} <= {p for p, _, _ in phones}
+
+
+@pytest.mark.parametrize("spec", ["flite", "nope:x", "flite:a:b"])
+def test_a_voice_that_is_not_engine_colon_name_is_refused(spec, capsys):
+    with pytest.raises(SystemExit) as exc:
+        tool.main(["--voice", spec])
+    assert exc.value.code == 2 and "ENGINE:NAME" in capsys.readouterr().err

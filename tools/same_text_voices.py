@@ -75,7 +75,11 @@ def main(argv=None) -> None:
                     help="ENGINE:NAME, e.g. flite:awb or espeak:en-us+m4 (repeatable)")
     ap.add_argument("--heads", default="flame,demo")
     a = ap.parse_args(argv)
-    voices = [Voice(*v.split(":", 1)) for v in (a.voice or ["flite:awb", "flite:slt", "espeak:en-us+m4"])]
+    specs = a.voice or ["flite:awb", "flite:slt", "espeak:en-us+m4"]
+    bad = [v for v in specs if v.count(":") != 1 or v.split(":")[0] not in ("espeak", "flite", "festival")]
+    if bad:
+        ap.error(f"--voice {bad[0]!r}: give ENGINE:NAME with ENGINE espeak, flite or festival")
+    voices = [Voice(*v.split(":")) for v in specs]
     audios = [x for x in speech_dir_audios(a.speech_dir) if x[2]]
     if not audios:
         raise SystemExit(f"no transcribed recordings in {a.speech_dir} (it needs a `transcription` file)")
@@ -97,9 +101,16 @@ def main(argv=None) -> None:
             real = {"aligned": [], "aligned-noAH": []}
             for name, wav, text in audios:
                 samples = load_audio(wav)
-                judge, phones = measure(name, wav, samples), align(samples, 16000, text)[0]
+                try:
+                    phones = align(samples, 16000, text)[0]
+                except RuntimeError as exc:
+                    print(f"{name}: skipped, {exc}", file=sys.stderr)
+                    continue
+                judge = measure(name, wav, samples)
                 real["aligned"].append(judge(phones))
                 real["aligned-noAH"].append(judge(without_ah(phones)))
+            if not real["aligned"]:
+                raise SystemExit(f"pocketsphinx aligned none of the recordings in {a.speech_dir}")
             for j, reps in real.items():
                 print(line(head, "real", j, reps), flush=True)
             for voice in voices:
