@@ -33,8 +33,9 @@ PAD_S = 0.15
 
 def fetch(wheel_dir: Path) -> tuple[Path, str]:
     """Download the wheel; returns (its sample.wav unpacked next to it, the STM text)."""
-    subprocess.run([sys.executable, "-m", "pip", "download", WHEEL, "--no-deps", "--quiet",
-                    "--disable-pip-version-check", "-d", str(wheel_dir)], check=True)
+    # -I and a private cwd: pip must not import anything from the folder this was started in
+    subprocess.run([sys.executable, "-I", "-m", "pip", "download", WHEEL, "--no-deps", "--quiet",
+                    "--disable-pip-version-check", "-d", str(wheel_dir)], check=True, cwd=wheel_dir)
     whl = next(wheel_dir.glob("pyannote_audio-*.whl"))
     with zipfile.ZipFile(whl) as z:
         z.extract(MEMBER + ".wav", wheel_dir)
