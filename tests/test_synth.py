@@ -386,13 +386,38 @@ def test_held_out_languages_only_in_test_plan():
 
 
 def test_festival_voice_optional():
-    """festival (Debian festival + festvox-us-slt-hts) is an optional English engine."""
+    """festival (Debian festival + festvox-us-slt-hts / -kallpc16k / -kdlpc16k) is an optional
+    English engine: every installed voice speaks with phone timings, the diphone voices take the rate."""
     from training.synth import tts
 
-    if not tts.festival_voices_installed():
-        pytest.skip("festival or festvox-us-slt-hts not installed (optional engine)")
-    audio, phones = tts.synthesize("Bob made a map of the moon.", tts.Voice("festival", tts.FESTIVAL_VOICES[0]))
-    assert len(audio) > 16000 * 0.5
-    names = [p for p, _, _ in phones]
-    assert names[0] == "sil" and sum(p in ("p", "b", "m") for p in names) >= 5, names
-    assert all(a < b for _, a, b in phones)
+    installed = tts.festival_voices_installed()
+    if not installed:
+        pytest.skip("festival or its voices not installed (optional engine)")
+    for name in sorted(installed):
+        audio, phones = tts.synthesize("Bob made a map of the moon.", tts.Voice("festival", name))
+        assert len(audio) > 16000 * 0.5, name
+        names = [p for p, _, _ in phones]
+        assert names[0] == "sil" and sum(p in ("p", "b", "m") for p in names) >= 5, (name, names)
+        assert all(a < b for _, a, b in phones)
+        if name.endswith("_diphone"):
+            fast, _ = tts.synthesize("Bob made a map of the moon.", tts.Voice("festival", name), rate=1.2)
+            assert len(fast) < 0.9 * len(audio), name
+
+
+def test_voice_shares_pick_the_engine():
+    """flite_share / festival_share decide which engine speaks an English clip; bad shares are refused."""
+    import numpy as np
+
+    from training.synth import tts
+    from training.synth.generate import _speak, generate
+
+    pool = [v for v in tts.available_voices(["en"]) if not v.held_out]
+    engines = {v.engine for v in pool}
+    for shares, want in (((1.0, 0.0), "flite"), ((0.0, 0.0), "espeak"), ((0.0, 1.0), "festival")):
+        if want not in engines:
+            continue
+        for k in range(3):
+            voice, audio, *_ = _speak("Bob made a map.", "en", pool, np.random.default_rng(k), shares)
+            assert voice.engine == want and len(audio) > 0
+    with pytest.raises(ValueError, match="flite_share and festival_share"):
+        generate("/nonexistent/never_written", 1, 1, flite_share=0.7, festival_share=0.5)

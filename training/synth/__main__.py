@@ -7,7 +7,8 @@ import sys
 import time
 import warnings
 
-from .generate import DEFAULT_ENGLISH_SHARE, DEFAULT_HOLDOUT_FAMILY, generate
+from .generate import (DEFAULT_ENGLISH_SHARE, DEFAULT_FESTIVAL_SHARE, DEFAULT_FLITE_SHARE,
+                       DEFAULT_HOLDOUT_FAMILY, generate)
 from .topology import FAMILIES
 
 
@@ -34,6 +35,11 @@ def main(argv=None) -> int:
     ap.add_argument("--english-share", type=float, default=DEFAULT_ENGLISH_SHARE,
                     help="probability that a clip is English (Harvard sentences, espeak-ng + flite); "
                          "default %(default)s")
+    ap.add_argument("--flite-share", type=float, default=DEFAULT_FLITE_SHARE,
+                    help="of the English clips, the share spoken by flite; default %(default)s")
+    ap.add_argument("--festival-share", type=float, default=DEFAULT_FESTIVAL_SHARE,
+                    help="of the English clips, the share spoken by festival when installed (espeak-ng "
+                         "speaks the rest); default %(default)s")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier output in --out")
     args = ap.parse_args(argv)
     warnings.simplefilter("always")
@@ -43,7 +49,8 @@ def main(argv=None) -> int:
                        workers=args.workers, ict_path=args.ict, holdout_family=args.holdout_family,
                        families=[f.strip() for f in args.families.split(",") if f.strip()] if args.families else None,
                        overwrite=args.overwrite, languages=args.languages,
-                       english_share=args.english_share, log=lambda m: print(f"[synth {time.time() - t0:6.1f}s] {m}", flush=True))
+                       english_share=args.english_share, flite_share=args.flite_share,
+                       festival_share=args.festival_share, log=lambda m: print(f"[synth {time.time() - t0:6.1f}s] {m}", flush=True))
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -24,14 +24,16 @@ from .topology import (FAMILIES, FAMILY_REQUIRES, N_IDENTITY_MODES, available_fa
                        build_subject_mesh, default_ict_path, identity_template, load_ict)
 from .visemes import DEFAULT_STYLE, EXPRESSIONS, blink_track, viseme_track
 
-GENERATOR_VERSION = "1.2"
+GENERATOR_VERSION = "1.3"
 SAMPLE_RATE = tts.SAMPLE_RATE
 DEFAULT_HOLDOUT_FAMILY = "decimated"
 # Train/val subjects cycle through these (remeshed twice: it is what real scans look like).
 TRAIN_FAMILY_CYCLE = ("remeshed", "ict_face", "remeshed", "ict_narrow", "ict_full")
 _FALLBACK_HOLDOUT = "ict_narrow"
-_FLITE_SHARE = 0.3  # probability that an English clip uses a flite voice (when the split has one)
-_FESTIVAL_SHARE = 0.15  # of the English clips, taken from espeak's share, when festival is installed
+# Of the English clips: the share spoken by flite, and by festival when it is installed (taken
+# from espeak-ng's share); both engines' voices are built from real speakers' recordings.
+DEFAULT_FLITE_SHARE = 0.3
+DEFAULT_FESTIVAL_SHARE = 0.15
 DEFAULT_ENGLISH_SHARE = 0.4  # probability that a clip is English (when other languages are on)
 _TEST_HELD_OUT_LANGUAGE_SHARE = 0.5  # of the non-English test clips, when held-out languages exist
 UNKNOWN_PHONE_WARN = 0.05  # warn when more of a language's speech than this maps to the default phone
@@ -233,9 +235,9 @@ def _basis(out_dir: Path, name: str):
     return _BASIS_CACHE[key]
 
 
-def _speak(text, language, pool, rng):
-    """Pick a voice of ``language`` (English: flite with probability _FLITE_SHARE) and speak; on
-    failure try the next ones of the same language."""
+def _speak(text, language, pool, rng, shares):
+    """Pick a voice of ``language`` (English: flite or festival with the probabilities ``shares``)
+    and speak; on failure try the next ones of the same language."""
     pool = [v for v in pool if v.language == language]
     if not pool:
         raise RuntimeError(f"synth: no voice speaks '{language}' here")
@@ -243,10 +245,11 @@ def _speak(text, language, pool, rng):
     espeak = [v for v in pool if v.engine == "espeak"]
     festival = [v for v in pool if v.engine == "festival"]
     u = float(rng.random()) if flite and espeak else 0.0
-    use_flite = bool(flite) and (not espeak or u < _FLITE_SHARE)
+    flite_share, festival_share = shares
+    use_flite = bool(flite) and (not espeak or u < flite_share)
     first = flite if use_flite else espeak
     # the optional festival voice takes a share of the espeak clips (same draws without it)
-    if festival and not use_flite and (not espeak or u >= 1.0 - _FESTIVAL_SHARE):
+    if festival and not use_flite and (not espeak or u >= 1.0 - festival_share):
         first = festival
     if not first:
         first = pool
@@ -269,12 +272,12 @@ def _speak(text, language, pool, rng):
 
 
 def _make_clip(job) -> dict:
-    (out_dir, subj, clip_idx, seed, fps, pool) = job
+    (out_dir, subj, clip_idx, seed, fps, pool, shares) = job
     out = Path(out_dir)
     rng = np.random.default_rng([seed, 30, subj["index"], clip_idx])
     language, sent_id = subj["sentences"][clip_idx]
     text = sentences_of(language)[sent_id]
-    voice, audio, phones, prosody, info = _speak(text, language, pool, rng)
+    voice, audio, phones, prosody, info = _speak(text, language, pool, rng, shares)
     speech_len = len(audio) / SAMPLE_RATE
 
     # loudness, silence padding, a faint noise floor
@@ -399,7 +402,8 @@ class _Runner:
 def generate(out_dir, subjects: int = 12, sentences: int = 20, seed: int = 0, fps: float = 30,
              workers: int = 1, *, ict_path=None, holdout_family: str = DEFAULT_HOLDOUT_FAMILY,
              families=None, overwrite: bool = False, log=None, languages="all",
-             english_share: float = DEFAULT_ENGLISH_SHARE) -> Path:
+             english_share: float = DEFAULT_ENGLISH_SHARE, flite_share: float = DEFAULT_FLITE_SHARE,
+             festival_share: float = DEFAULT_FESTIVAL_SHARE) -> Path:
     """Write a synthetic dataset (general layout) to ``out_dir`` and return its path.
 
     subjects x sentences clips; the same arguments give byte-identical files (whatever ``workers``).
@@ -409,11 +413,17 @@ def generate(out_dir, subjects: int = 12, sentences: int = 20, seed: int = 0, fp
     languages: "all" (English + tts.LANGUAGES), "en", or a list / comma-separated string of codes
     ('en', 'de', 'cmn-latn-pinyin', ...). tts.HELD_OUT_LANGUAGES among them are test-only.
     english_share: probability that a clip is English (the rest is spread over the other languages).
+    flite_share, festival_share: of the English clips, the shares spoken by flite and by festival
+    (when installed); espeak-ng speaks the rest.
     """
     if subjects < 1 or sentences < 1:
         raise ValueError("need at least one subject and one sentence")
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
+    shares = (float(flite_share), float(festival_share))
+    if min(shares) < 0.0 or sum(shares) > 1.0:
+        raise ValueError(f"flite_share and festival_share must be >= 0 with a sum <= 1, got "
+                         f"{flite_share} and {festival_share}")
     say = log or (lambda msg: None)
     out = Path(out_dir)
     ict_file = Path(ict_path) if ict_path else default_ict_path()
@@ -457,7 +467,7 @@ def generate(out_dir, subjects: int = 12, sentences: int = 20, seed: int = 0, fp
         pools[split] = pools[split] + [v for v in voices if v.language not in have]
     _prepare_out(out, overwrite)
 
-    jobs = [(str(out), s, c, seed, float(fps), pools[s["split"]]) for s in plan for c in range(sentences)]
+    jobs = [(str(out), s, c, seed, float(fps), pools[s["split"]], shares) for s in plan for c in range(sentences)]
     with _Runner(min(workers, len(jobs))) as runner:
         say(f"building {subjects} subject meshes")
         infos = runner.map(_make_subject, [(s, str(out), str(ict_file), seed) for s in plan])
@@ -507,7 +517,8 @@ def generate(out_dir, subjects: int = 12, sentences: int = 20, seed: int = 0, fp
         },
         "families": {f: {"description": d, "held_out": f == holdout_family} for f, d in FAMILIES.items()},
         "voices_available": [v.id for v in voices], "voices_used": used_voices,
-        "languages": langs, "english_share": float(english_share), "languages_by_split": lang_split,
+        "languages": langs, "english_share": float(english_share),
+        "flite_share": shares[0], "festival_share": shares[1], "languages_by_split": lang_split,
         "phone_mapping": phone_stats,
         "expressions": list(EXPRESSIONS), "default_style": DEFAULT_STYLE,
         "masks": {"lips": "lips and the skin within 7 mm around them (ICT landmarks 48-59), carried to each topology",

@@ -41,9 +41,11 @@ ESPEAK_BASES = ("en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc",
 ESPEAK_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7",
                    "f1", "f2", "f3", "f4", "f5", "klatt", "croak")
 FLITE_VOICES = ("slt", "rms", "awb", "kal16")
-# Optional English engine (Debian festival festvox-us-slt-hts festlex-cmu festlex-poslex): an HTS
-# voice built from a real speaker's recordings; skipped when festival or the voice is missing.
-FESTIVAL_VOICES = ("cmu_us_slt_arctic_hts",)
+# Optional English engine (Debian festival festlex-cmu festlex-poslex, and the voices
+# festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k): an HTS voice and two diphone voices, each
+# built from a real speaker's recordings, all on festival's US phone set (radio: ARPAbet). A voice
+# that is not installed is skipped.
+FESTIVAL_VOICES = ("cmu_us_slt_arctic_hts", "kal_diphone", "ked_diphone")
 # espeak-ng voices of the other languages (keys of sentences_multi.SENTENCES), in a fixed order.
 LANGUAGES = ("de", "nl", "sv", "fr", "es", "it", "pt", "ro", "pl", "cs", "ru", "uk", "el", "tr",
              "fi", "id", "vi", "hi", "bn", "ar", "fa", "cmn-latn-pinyin", "ja", "ko",
@@ -226,17 +228,19 @@ def festival_voices_installed() -> set[str]:
     return {v for v in FESTIVAL_VOICES for r in roots if r.is_dir() and any(r.glob(f"*/{v}"))}
 
 
-def _festival_synth(text: str, voice: str):
-    """festival -b on a script: the utterance's wave and its Segment relation (phone end times)."""
+def _festival_synth(text: str, voice: str, stretch: float = 1.0):
+    """festival -b on a script: the utterance's wave and its Segment relation (phone end times).
+    stretch: duration factor (> 1 is slower)."""
     import soundfile as sf
 
     exe = shutil.which("festival")
     if exe is None:
-        raise TTSError("festival not found; install the Debian packages festival festvox-us-slt-hts")
+        raise TTSError("festival not found; install the Debian packages festival festvox-us-slt-hts "
+                       "festvox-kallpc16k festvox-kdlpc16k")
     quoted = text.replace("\\", " ").replace('"', "'")
     with tempfile.TemporaryDirectory(prefix="synth_festival_") as tmp:
         wav, segs, scm = (os.path.join(tmp, n) for n in ("out.wav", "out.segs", "run.scm"))
-        Path(scm).write_text(f'(voice_{voice})\n(set! utt (Utterance Text "{quoted}"))\n(utt.synth utt)\n'
+        Path(scm).write_text(f'(voice_{voice})\n(Parameter.set \'Duration_Stretch {stretch:.4f})\n(set! utt (Utterance Text "{quoted}"))\n(utt.synth utt)\n'
                              f'(utt.save.wave utt "{wav}" (quote riff))\n(utt.save.segs utt "{segs}")\n',
                              encoding="utf-8")
         try:
@@ -306,7 +310,7 @@ def synthesize(text: str, voice: Voice, rate: float = 1.0, pitch: float = 0.0, p
     """Speak ``text``: returns (audio float64 [N] at 16 kHz, phones [(arpabet, start_s, end_s)]).
 
     rate: speed factor (1 = the voice's normal speed); pitch, pitch_range: -1..1 shifts of the espeak
-    pitch and intonation range (flite ignores them; festival's HTS voice ignores all three).
+    pitch and intonation range (flite and festival take the rate only).
     Raises TTSError if the voice fails.
     info: optional dict that receives ``unknown`` (espeak mnemonics that fell back to the default
     phone, with their durations), ``unknown_s`` and ``speech_s`` (seconds of non-pause phones).
@@ -318,7 +322,7 @@ def synthesize(text: str, voice: Voice, rate: float = 1.0, pitch: float = 0.0, p
     elif voice.engine == "flite":
         audio, sr, raw, unknown = _flite_synth(text, voice.name, stretch=1.0 / rate)
     elif voice.engine == "festival":
-        audio, sr, raw, unknown = _festival_synth(text, voice.name)
+        audio, sr, raw, unknown = _festival_synth(text, voice.name, stretch=1.0 / rate)
     else:
         raise TTSError(f"unknown engine {voice.engine}")
     if sr != SAMPLE_RATE:
