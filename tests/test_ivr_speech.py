@@ -74,7 +74,9 @@ def test_write_set_round_trips_through_the_articulation_reader(tmp_path):
         ("ivr_agent-pass", "please enter your password followed by the pound key"),
         ("ivr_call-fwd-no-ans", "call forward on no answer press one")]
     wav, rate = sf.read(str(audios[0][1]))
-    assert rate == 16000 and len(wav) == 8000
+    pad = int(ivr.PAD_S * 16000)
+    assert rate == 16000 and len(wav) == 8000 + 2 * pad
+    assert not wav[:pad].any() and not wav[-pad:].any() and np.abs(wav[pad:-pad]).max() > 0.1
     assert "CC-BY-SA-3.0" in (out / "SOURCE").read_text()
     with pytest.raises(SystemExit):
         ivr.main(["--out", str(out), "--max-clips", "0"])

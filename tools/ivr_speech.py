@@ -14,7 +14,8 @@ Licence: CC-BY-SA-3.0 (Digium, Inc.; voice: Allison Smith). Fetched from the Deb
 run time with `apt-get download`, used for evaluation only, never committed nor bundled. The
 transcripts are the upstream ones; prompts with bracketed descriptions ("[beep]"), numbers other
 than single digits or fewer than MIN_WORDS words are left out, and a deterministic, evenly spaced
-subset is kept so the report stays a few minutes long.
+subset is kept so the report stays a few minutes long. The prompts are trimmed to the speech;
+each gets PAD_S of digital silence on both sides, without which pocketsphinx cannot align many.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ SOUNDS = "usr/share/asterisk/sounds/en_US_f_Allison"
 TRANSCRIPTS = "usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
 SAMPLE_RATE = 16000
 MIN_WORDS = 5
+PAD_S = 0.25  # the prompts are trimmed to the speech: the aligner needs silence around it
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -96,12 +98,14 @@ def write_set(root: Path, out: Path, max_clips: int) -> int:
     out.mkdir(parents=True, exist_ok=True)
     lines = []
     for name, words in chosen:
-        sf.write(str(out / f"ivr_{name}.wav"), decode_g722(root / SOUNDS / f"{name}.g722"), SAMPLE_RATE)
+        pad = np.zeros(int(PAD_S * SAMPLE_RATE), np.float32)
+        speech = decode_g722(root / SOUNDS / f"{name}.g722")
+        sf.write(str(out / f"ivr_{name}.wav"), np.concatenate([pad, speech, pad]), SAMPLE_RATE)
         lines.append(f"<s> {words} </s> (ivr_{name})")
     (out / "transcription").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out / "SOURCE").write_text(
         f"Debian {' '.join(PACKAGES)}: Asterisk core sounds, English, voice Allison Smith, "
-        f"(c) Digium, Inc., CC-BY-SA-3.0; G.722 decoded to 16 kHz PCM. Evaluation only.\n",
+        f"(c) Digium, Inc., CC-BY-SA-3.0; G.722 decoded to 16 kHz PCM, {PAD_S} s of silence added on both sides. Evaluation only.\n",
         encoding="utf-8")
     return len(lines)
 
