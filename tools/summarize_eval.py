@@ -5,7 +5,8 @@
 Real speech on each head (artic_flame, artic_demo, artic_biwi) and the synthetic test's
 articulation (artic_synth): bilabials closed, open-vowel and bilabial opening, their ratio, lips in
 silence, upper face and far field during speech (mm), lag (frames). Synthetic test (synth): LVE and
-its ratio to a still face's, MVE, mouth r overall and in the three never-heard languages.
+its ratio to a still face's, MVE, mouth r overall and in the three never-heard languages. A folder
+that is one articulation report (`training.articulation --out`) prints its pooled line.
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def articulation_line(p: dict) -> str:
 
 def summarize(folder: Path) -> list[str]:
     lines = [f"== {folder}"]
+    if (folder / "articulation.json").is_file():
+        pooled = json.loads((folder / "articulation.json").read_text())["pooled"]
+        return lines + [f"  {articulation_line(pooled)}"]
     for head in ("flame", "demo", "biwi", "synth"):
         f = folder / f"artic_{head}" / "articulation.json"
         if f.is_file():

@@ -1,0 +1,35 @@
+"""tools/summarize_eval.py: the card's lines from an evaluate_model.sh folder and from one report."""
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("summarize_eval", ROOT / "tools" / "summarize_eval.py")
+summ = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(summ)
+
+POOLED = {"bilabials_closed": 27, "bilabials": 29, "closure_rate": 27 / 29, "open_vowel_opening_mm": 4.5,
+          "bilabial_opening_mm": 1.5, "open_to_bilabial_ratio": 3.0, "silence_lip_motion_mm": 0.2,
+          "speech_upper_face_motion_mm": 0.1, "speech_far_field_motion_mm": 0.05, "lag_frames_median": 0}
+LINE = ("closed 27/29 (93%), open/bilabial 4.50/1.50 mm (ratio 3.00), silence 0.20, upper 0.10, "
+        "far 0.05, lag 0")
+
+
+def test_one_report_folder(tmp_path):
+    (tmp_path / "articulation.json").write_text(json.dumps({"pooled": POOLED}))
+    assert summ.summarize(tmp_path) == [f"== {tmp_path}", f"  {LINE}"]
+
+
+def test_evaluate_model_folder(tmp_path):
+    (tmp_path / "artic_demo").mkdir()
+    (tmp_path / "artic_demo" / "articulation.json").write_text(json.dumps({"pooled": POOLED}))
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / "summary.json").write_text(json.dumps({"lve": 19.4e-6, "mve": 0.5e-3}))
+    by_lang = {"hu": {"mouth_r_mean": 0.95}, "sw": {"mouth_r_mean": 0.96}}
+    (tmp_path / "synth" / "lipsync.json").write_text(
+        json.dumps({"mouth_r_mean": 0.934, "mouth_r_by_language": by_lang}))
+    lines = summ.summarize(tmp_path)
+    assert lines[1] == f"  demo   {LINE}"
+    assert lines[2] == ("  synth  LVE 19.4 mm² (0.28x still face), MVE 0.50 mm, mouth r 0.934, "
+                        "hu/ta/sw 0.95/-/0.96")
+    assert summ.main([]) == 2
