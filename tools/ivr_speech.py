@@ -7,7 +7,7 @@ with a transcript of every prompt (core-sounds-en.txt). No model in this project
 pocketsphinx's acoustic model, was trained or tuned on them, so they judge a candidate without
 the biases of the LibriVox clips (pocketsphinx's own test data).
 
-    python tools/ivr_speech.py --out /tmp/ivr            # 60 prompts, ~4 min of speech
+    python tools/ivr_speech.py --out /tmp/ivr            # 60 of 200 usable prompts, 4.6 min of speech
     python -m training.articulation --speech-dir /tmp/ivr --mesh ... --lips ... --out ...
 
 Licence: CC-BY-SA-3.0 (Digium, Inc.; voice: Allison Smith). Fetched from the Debian archive at
