@@ -248,7 +248,7 @@ def _speak(text, language, pool, rng, shares):
     flite_share, festival_share = shares
     use_flite = bool(flite) and (not espeak or u < flite_share)
     first = flite if use_flite else espeak
-    # the optional festival voice takes a share of the espeak clips (same draws without it)
+    # the optional festival voices take a share of the espeak clips (same draws without them)
     if festival and not use_flite and (not espeak or u >= 1.0 - festival_share):
         first = festival
     if not first:
