@@ -40,11 +40,18 @@ DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 
 def fetch(work: Path) -> Path:
     """Download and unpack the two Debian packages into `work`; returns the unpacked root."""
-    subprocess.run(["apt-get", "download", *PACKAGES], check=True, cwd=work,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    root = work / "root"
-    for deb in sorted(work.glob("*.deb")):
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    try:
+        subprocess.run(["apt-get", "download", *PACKAGES], check=True, cwd=work,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        root = work / "root"
+        for deb in sorted(work.glob("*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, capture_output=True)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"ivr_speech: {exc.filename} not found; this tool needs a Debian machine "
+                         f"(apt-get, dpkg-deb) to fetch {', '.join(PACKAGES)}") from None
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(f"ivr_speech: {' '.join(exc.cmd[:2])} failed: "
+                         f"{(exc.stderr or b'').decode(errors='replace').strip()[:300]}") from None
     return root
 
 
