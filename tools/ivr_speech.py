@@ -3,9 +3,9 @@
 Asterisk's core English prompts, as Debian packages them (asterisk-core-sounds-en and
 asterisk-core-sounds-en-g722, version pinned below): hundreds of short phrases read by one
 professional speaker (Allison Smith), recorded in a studio, shipped as 16 kHz G.722 (50-7000 Hz),
-with a transcript of every prompt (core-sounds-en.txt). No model in this project, nor
-pocketsphinx's acoustic model, was trained or tuned on them, so they judge a candidate without
-the biases of the LibriVox clips (pocketsphinx's own test data).
+with a transcript of every prompt (core-sounds-en.txt). No model in this project was
+trained or tuned on them, and they are not pocketsphinx's test data (the LibriVox clips are), so
+they judge a candidate without that bias.
 
     python tools/ivr_speech.py --out /tmp/ivr            # 60 of 200 usable prompts, 4.6 min of speech
     python -m training.articulation --speech-dir /tmp/ivr --mesh ... --lips ... --out ...
