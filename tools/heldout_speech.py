@@ -17,7 +17,6 @@ utterance: the report's lip motion in silence is not meaningful on this set.
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ import zipfile
 from pathlib import Path
 
 import soundfile as sf
+
+from training.articulation import dictionary_words, write_transcriptions
 
 WHEEL = "pyannote.audio==4.0.7"  # pinned: numbers reported on this set are for this version's sample
 MEMBER = "pyannote/audio/sample/sample"
@@ -50,24 +51,23 @@ def utterances(stm: str) -> list[tuple[float, float, str]]:
         parts = line.split(maxsplit=5)
         if len(parts) < 6 or line.startswith(";;"):  # STM comments start with ;;
             continue
-        words = re.sub(r"[^a-z' ]+", " ", parts[5].lower()).split()
-        out.append((float(parts[3]), float(parts[4]), " ".join(words)))
+        out.append((float(parts[3]), float(parts[4]), dictionary_words(parts[5])))
     return out
 
 
 def write_set(wav: Path, stm: str, out: Path) -> int:
     audio, sr = sf.read(str(wav), dtype="float32")
     out.mkdir(parents=True, exist_ok=True)
-    lines = []
+    texts = {}
     for i, (t0, t1, text) in enumerate(utterances(stm), start=1):
         a, b = max(0, int((t0 - PAD_S) * sr)), min(len(audio), int((t1 + PAD_S) * sr))
         name = f"pyannote_sample_{i:02d}"
         sf.write(str(out / f"{name}.wav"), audio[a:b], sr)
-        lines.append(f"<s> {text} </s> ({name})")
-    (out / "transcription").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        texts[name] = text
+    write_transcriptions(out / "transcription", texts)
     (out / "SOURCE").write_text(f"{WHEEL}: {MEMBER}.wav and .stm (MIT licence, pyannote.audio "
                                 f"authors), cut per STM utterance +-{PAD_S} s\n", encoding="utf-8")
-    return len(lines)
+    return len(texts)
 
 
 def main(argv=None) -> None:

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from training.articulation import dictionary_words, write_transcriptions
+
 PACKAGES = ("asterisk-core-sounds-en=1.6.1-1", "asterisk-core-sounds-en-g722=1.6.1-1")
 SOUNDS = "usr/share/asterisk/sounds/en_US_f_Allison"
 TRANSCRIPTS = "usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
@@ -63,9 +65,8 @@ def words_of(text: str) -> str | None:
     text = re.sub(r"(?<![\w.])(\d)(?!\w|\.\d)", lambda m: f" {DIGITS[int(m.group(1))]} ", text)
     if re.search(r"\d", text):
         return None
-    words = re.sub(r"[^a-z' ]+", " ", text.lower().replace("-", " ")).split()
-    words = [w.strip("'") for w in words if w.strip("'")]
-    return " ".join(words) if len(words) >= MIN_WORDS else None
+    words = dictionary_words(text)
+    return words if len(words.split()) >= MIN_WORDS else None
 
 
 def prompts(transcripts: str) -> list[tuple[str, str]]:
@@ -103,18 +104,16 @@ def write_set(root: Path, out: Path, max_clips: int) -> int:
     chosen = evenly([(n, w) for n, w in prompts(texts) if (root / SOUNDS / f"{n}.g722").is_file()],
                     max_clips)
     out.mkdir(parents=True, exist_ok=True)
-    lines = []
     for name, words in chosen:
         pad = np.zeros(int(PAD_S * SAMPLE_RATE), np.float32)
         speech = decode_g722(root / SOUNDS / f"{name}.g722")
         sf.write(str(out / f"ivr_{name}.wav"), np.concatenate([pad, speech, pad]), SAMPLE_RATE)
-        lines.append(f"<s> {words} </s> (ivr_{name})")
-    (out / "transcription").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_transcriptions(out / "transcription", {f"ivr_{name}": words for name, words in chosen})
     (out / "SOURCE").write_text(
         f"Debian {' '.join(PACKAGES)}: Asterisk core sounds, English, voice Allison Smith, "
         f"(c) Digium, Inc., CC-BY-SA-3.0; G.722 decoded to 16 kHz PCM, {PAD_S} s of silence added on both sides. Evaluation only.\n",
         encoding="utf-8")
-    return len(lines)
+    return len(chosen)
 
 
 def main(argv=None) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,6 +256,17 @@ def speech_dir_audios(folder) -> list[tuple[str, Path, str | None]]:
     folder = Path(folder)
     texts = read_transcriptions(folder / "transcription") if (folder / "transcription").is_file() else {}
     return [(w.stem, w, texts.get(w.stem)) for w in sorted(folder.glob("*.wav"))]
+
+
+def dictionary_words(text: str) -> str:
+    """Text as pocketsphinx's dictionary spells it: lower case, letters and inner apostrophes only."""
+    words = re.sub(r"[^a-z' ]+", " ", text.lower()).split()
+    return " ".join(w.strip("'") for w in words if w.strip("'"))
+
+
+def write_transcriptions(path, texts: dict[str, str]) -> None:
+    """The inverse of read_transcriptions: one `<s> words </s> (name)` line per clip."""
+    Path(path).write_text("".join(f"<s> {t} </s> ({n})\n" for n, t in texts.items()), encoding="utf-8")
 
 
 def read_transcriptions(path) -> dict[str, str]:
