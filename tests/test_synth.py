@@ -421,3 +421,24 @@ def test_voice_shares_pick_the_engine():
             assert voice.engine == want and len(audio) > 0
     with pytest.raises(ValueError, match="flite_share and festival_share"):
         generate("/nonexistent/never_written", 1, 1, flite_share=0.7, festival_share=0.5)
+
+def test_festival_voices_filter(tmp_path):
+    """festival_voices limits festival to the named voices (how synth2 is rebuilt on a machine with
+    more of them), is recorded in meta.json, and an unknown name is refused before anything is written."""
+    import json
+
+    from training.synth import tts
+    from training.synth.generate import generate
+
+    with pytest.raises(ValueError, match="unknown festival voices \\['nope'\\]"):
+        generate(tmp_path / "never", 1, 1, festival_voices=["nope"])
+    assert not (tmp_path / "never").exists()
+    slt = "cmu_us_slt_arctic_hts"
+    if slt not in tts.festival_voices_installed():
+        pytest.skip("festival's slt voice not installed (optional engine)")
+    out = generate(tmp_path / "d", 2, 3, seed=1, languages="en", english_share=1.0, flite_share=0.0,
+                   festival_share=1.0, festival_voices=[slt])
+    clips = json.loads((out / "clips.json").read_text())["clips"].values()
+    # test clips speak with held-out voices only, which festival has none of
+    assert {c["voice"] for c in clips if c["split"] != "test"} == {f"festival:{slt}"}
+    assert json.loads((out / "meta.json").read_text())["festival_voices"] == [slt]

@@ -10,6 +10,7 @@ import warnings
 from .generate import (DEFAULT_ENGLISH_SHARE, DEFAULT_FESTIVAL_SHARE, DEFAULT_FLITE_SHARE,
                        DEFAULT_HOLDOUT_FAMILY, generate)
 from .topology import FAMILIES
+from .tts import FESTIVAL_VOICES
 
 
 def main(argv=None) -> int:
@@ -40,6 +41,10 @@ def main(argv=None) -> int:
     ap.add_argument("--festival-share", type=float, default=DEFAULT_FESTIVAL_SHARE,
                     help="of the English clips, the share spoken by festival when installed (espeak-ng "
                          "speaks the rest); default %(default)s")
+    ap.add_argument("--festival-voices", default=None,
+                    help="comma-separated festival voices that may speak (default: every installed one "
+                         "of " + ", ".join(FESTIVAL_VOICES) + "); cmu_us_slt_arctic_hts alone gives "
+                         "synth 1.2's voices")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier output in --out")
     args = ap.parse_args(argv)
     warnings.simplefilter("always")
@@ -50,7 +55,9 @@ def main(argv=None) -> int:
                        families=[f.strip() for f in args.families.split(",") if f.strip()] if args.families else None,
                        overwrite=args.overwrite, languages=args.languages,
                        english_share=args.english_share, flite_share=args.flite_share,
-                       festival_share=args.festival_share, log=lambda m: print(f"[synth {time.time() - t0:6.1f}s] {m}", flush=True))
+                       festival_share=args.festival_share,
+                       festival_voices=[v.strip() for v in args.festival_voices.split(",") if v.strip()]
+                       if args.festival_voices is not None else None, log=lambda m: print(f"[synth {time.time() - t0:6.1f}s] {m}", flush=True))
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -403,7 +403,7 @@ def generate(out_dir, subjects: int = 12, sentences: int = 20, seed: int = 0, fp
              workers: int = 1, *, ict_path=None, holdout_family: str = DEFAULT_HOLDOUT_FAMILY,
              families=None, overwrite: bool = False, log=None, languages="all",
              english_share: float = DEFAULT_ENGLISH_SHARE, flite_share: float = DEFAULT_FLITE_SHARE,
-             festival_share: float = DEFAULT_FESTIVAL_SHARE) -> Path:
+             festival_share: float = DEFAULT_FESTIVAL_SHARE, festival_voices=None) -> Path:
     """Write a synthetic dataset (general layout) to ``out_dir`` and return its path.
 
     subjects x sentences clips; the same arguments give byte-identical files (whatever ``workers``).
@@ -415,6 +415,9 @@ def generate(out_dir, subjects: int = 12, sentences: int = 20, seed: int = 0, fp
     english_share: probability that a clip is English (the rest is spread over the other languages).
     flite_share, festival_share: of the English clips, the shares spoken by flite and by festival
     (when installed); espeak-ng speaks the rest.
+    festival_voices: the festival voices that may speak (default: every installed one of
+    tts.FESTIVAL_VOICES). Naming the voices of an older generator rebuilds its data on a machine
+    that has more: ["cmu_us_slt_arctic_hts"] gives synth 1.2's voice pool.
     """
     if subjects < 1 or sentences < 1:
         raise ValueError("need at least one subject and one sentence")
@@ -424,6 +427,12 @@ def generate(out_dir, subjects: int = 12, sentences: int = 20, seed: int = 0, fp
     if min(shares) < 0.0 or sum(shares) > 1.0:
         raise ValueError(f"flite_share and festival_share must be >= 0 with a sum <= 1, got "
                          f"{flite_share} and {festival_share}")
+    if festival_voices is not None:
+        festival_voices = list(festival_voices)
+        unknown = sorted(set(festival_voices) - set(tts.FESTIVAL_VOICES))
+        if unknown:
+            raise ValueError(f"unknown festival voices {unknown}; the generator knows "
+                             f"{', '.join(tts.FESTIVAL_VOICES)}")
     say = log or (lambda msg: None)
     out = Path(out_dir)
     ict_file = Path(ict_path) if ict_path else default_ict_path()
@@ -446,6 +455,8 @@ def generate(out_dir, subjects: int = 12, sentences: int = 20, seed: int = 0, fp
     if not 0.0 <= float(english_share) <= 1.0:
         raise ValueError(f"english_share must be in 0..1, got {english_share}")
     voices = tts.available_voices(wanted)
+    if festival_voices is not None:  # a filter keeps all_voices' order, and with it the draws
+        voices = [v for v in voices if v.engine != "festival" or v.name in festival_voices]
     spoken = {v.language for v in voices}
     missing = [lang for lang in wanted if lang not in spoken]
     if missing:
@@ -518,7 +529,9 @@ def generate(out_dir, subjects: int = 12, sentences: int = 20, seed: int = 0, fp
         "families": {f: {"description": d, "held_out": f == holdout_family} for f, d in FAMILIES.items()},
         "voices_available": [v.id for v in voices], "voices_used": used_voices,
         "languages": langs, "english_share": float(english_share),
-        "flite_share": shares[0], "festival_share": shares[1], "languages_by_split": lang_split,
+        "flite_share": shares[0], "festival_share": shares[1],
+        "festival_voices": sorted(festival_voices) if festival_voices is not None else "installed",
+        "languages_by_split": lang_split,
         "phone_mapping": phone_stats,
         "expressions": list(EXPRESSIONS), "default_style": DEFAULT_STYLE,
         "masks": {"lips": "lips and the skin within 7 mm around them (ICT landmarks 48-59), carried to each topology",
