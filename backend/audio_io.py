@@ -146,6 +146,36 @@ def load_audio(
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
+def window_samples(samples, start: float = 0.0, duration: float | None = None,
+                   sr: int = 16000) -> np.ndarray:
+    """`load_audio`'s window [start, start + duration) of samples already in memory (mono at `sr`
+    Hz), checked as a file's would be: float32, finite, at least MIN_SECONDS long."""
+    start = _check_time("start", start)
+    if duration is not None:
+        duration = _check_time("duration", duration)
+        if duration <= 0:
+            raise AudioError(f"duration must be positive, got {duration} s")
+    x = np.asarray(samples)
+    if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
+        raise AudioError(f"audio samples must be a 1-D float array (mono, {sr} Hz), got "
+                         f"{x.dtype} of shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise AudioError("the audio samples contain NaN or infinite values")
+    lead = round(-start * sr) if start < 0 else 0
+    first = round(start * sr) if start > 0 else 0
+    if first >= len(x):
+        raise AudioError(f"start {start:.3f} s is past the end of the audio ({len(x) / sr:.3f} s long)")
+    want = len(x) - first if duration is None else round(duration * sr) - lead
+    if want <= 0:
+        raise AudioError(f"the selected part ({start:.3f} s to {start + duration:.3f} s) ends before "
+                         "the audio begins, so it has no sound")
+    out = np.concatenate([np.zeros(lead, np.float32), x[first:first + want].astype(np.float32)])
+    if len(out) / sr < MIN_SECONDS:
+        raise AudioError(f"the selected audio is only {len(out) / sr:.3f} s long; at least "
+                         f"{MIN_SECONDS} s is needed")
+    return out
+
+
 def save_wav(path: str | Path, samples, sr: int, subtype: str = "FLOAT") -> None:
     """Write samples ([N] mono or [N, C]) as WAV; float by default so round-trips are exact."""
     samples = np.asarray(samples, dtype=np.float32)

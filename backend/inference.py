@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .audio_encoders import SAMPLE_RATE
-from .audio_io import load_audio
+from .audio_io import load_audio, window_samples
 from .checkpoint import load_model
 from .components import RidePlan, ride_plan
 from .diffusionnet import TorchOperators
@@ -301,14 +301,18 @@ def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units
     step("load_mesh", f"{len(verts)} vertices")
 
     t = time.perf_counter()
+    in_memory = isinstance(audio, np.ndarray)
     if duration is None:  # refuse hours-long files before decoding them
         from .audio_io import audio_duration
 
-        length = audio_duration(audio) - max(start, 0.0)
+        length = (len(audio) / SAMPLE_RATE if in_memory else audio_duration(audio)) - max(start, 0.0)
         if length > MAX_SECONDS:
             raise BadRequest(f"the audio runs {length / 3600:.1f} h from the start point; at most "
                              f"{MAX_SECONDS / 3600:g} h is animated at once: set a duration or split the file")
-    samples = load_audio(audio, start=start, duration=duration)
+    if in_memory:
+        samples = window_samples(audio, start=start, duration=duration, sr=SAMPLE_RATE)
+    else:
+        samples = load_audio(audio, start=start, duration=duration)
     timings["load_audio"] = time.perf_counter() - t
     step("load_audio", f"{len(samples) / SAMPLE_RATE:.2f} s of audio")
 
@@ -416,7 +420,8 @@ def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units
 def animate(mesh, audio, checkpoint=None, fps: float | None = None, device: str = "auto",
             start: float = 0.0, duration: float | None = None, normalize: str = "auto",
             units: str | None = None, session: Session | None = None, progress=None, cancel=None) -> Result:
-    """Predict offsets for `mesh` (path or (vertices, faces)) speaking `audio` (path), in memory.
+    """Predict offsets for `mesh` (path or (vertices, faces)) speaking `audio` (a path, or float
+    samples [N], mono at 16 kHz), in memory.
 
     `progress(stage, fraction, message)` is called as work advances; `cancel()` returning True
     stops the job with `Cancelled` at the next check. For long clips use `animate_to_file`, which

@@ -233,8 +233,7 @@ def test_cli_on_the_demo_head(tmp_path):
     import soundfile as sf
 
     sf.write(str(tmp_path / "blip.wav"), np.zeros(4800, np.float32), 16000)  # too short for its text
-    cmd = [sys.executable, "-m", "training.articulation", "--mesh", str(assets / "demo_head.obj"),
-           "--lips", str(assets / "demo_head_lips.txt"), "--upper", str(assets / "demo_head_upper.txt"),
+    cmd = [sys.executable, "-m", "training.articulation", "--head", "demo",  # HEADS: mesh and masks
            "--audio", str(assets / "demo_voice.wav"),
            "--text", "unless to be rather cold hearted and rather selfish is to be ill disposed",
            "--audio", str(tmp_path / "blip.wav"), "--text", "had he married a more amiable woman",
@@ -253,3 +252,17 @@ def test_cli_on_the_demo_head(tmp_path):
     bad = subprocess.run(cmd[:3] + ["--mesh", str(assets / "demo_head.obj"), "--out", str(out)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--lips" in bad.stderr
+    both = subprocess.run(cmd[:5] + ["--lips", str(assets / "demo_head_lips.txt"), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert both.returncode == 2 and "--head names the mesh" in both.stderr
+
+
+def test_the_reported_heads_and_their_masks_are_where_the_table_says():
+    for name, head in art.HEADS.items():
+        for path in (head.mesh, head.lips, head.upper):
+            assert path.is_file(), (name, path)
+        verts, _, _ = art.mesh_in_metres(head.mesh, head.fit_size, 0.35)
+        diag = float(np.linalg.norm(verts.max(0) - verts.min(0)))
+        assert 0.15 < diag < 0.6, (name, diag)  # every one a head in metres
+        idx = art.load_indices(head.lips)
+        assert 0 < len(idx) and idx.max() < len(verts), name

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from backend.audio_io import audio_duration, load_audio, save_wav
+from backend.audio_io import audio_duration, load_audio, save_wav, window_samples
 from backend.errors import AudioError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +150,28 @@ def test_negative_start_pads_leading_silence(tmp_path):
     assert not x[:4000].any()
     np.testing.assert_allclose(x[4000:], np.arange(8000) / n, atol=1e-7)
     assert len(load_audio(path, start=-0.5)) == 8000 + n  # no duration: pad, then to the end
+
+
+@pytest.mark.parametrize("start,duration", [(0.0, None), (0.5, 0.25), (1.5, 10.0), (-0.25, 0.75),
+                                            (-0.5, None)])
+def test_samples_in_memory_take_the_same_window_as_the_file(tmp_path, start, duration):
+    path, n = ramp_file(tmp_path)
+    np.testing.assert_array_equal(window_samples(np.arange(n, dtype=np.float32) / n, start, duration),
+                                  load_audio(path, start=start, duration=duration))
+
+
+@pytest.mark.parametrize("samples,kw,words", [
+    (np.zeros((100, 2), np.float32), {}, "1-D float"),
+    (np.zeros(16000, np.int16), {}, "1-D float"),
+    (np.r_[np.zeros(16000), np.nan], {}, "NaN"),
+    (np.zeros(16000), {"start": 2.0}, "past the end"),
+    (np.zeros(16000), {"start": -1.0, "duration": 0.5}, "ends before"),
+    (np.zeros(800), {}, "at least"),
+    (np.zeros(16000), {"duration": 0.0}, "positive"),
+])
+def test_bad_samples_in_memory_are_refused(samples, kw, words):
+    with pytest.raises(AudioError, match=words):
+        window_samples(samples, **kw)
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from backend.audio_io import save_wav
-from backend.errors import NoCheckpoint
+from backend.errors import AudioError, NoCheckpoint
 from backend.framing import fit_frame, guess_units
 from backend.inference import Session, animate, resample_motion, resolve_checkpoint
 from backend.mesh_io import load_mesh, save_obj
@@ -340,6 +340,22 @@ def test_library_animate_refuses_fps_zero(tmp_path):
 
     with pytest.raises(BadRequest, match="fps"):
         animate(tmp_path / "m.obj", tmp_path / "a.wav", fps=0)
+
+
+def test_library_animate_takes_samples_in_memory_as_it_takes_a_file():
+    """Callers that already hold the audio (evaluation tools, other programs) pass the samples:
+    the same window of the same audio animates the same, on the bundled model."""
+    from backend.audio_io import load_audio
+
+    wav = ROOT.parent / "shared" / "data" / "speech" / "sense_and_sensibility_01_austen_64kb-0870.wav"
+    mesh = ROOT / "backend" / "assets" / "demo_head.obj"
+    session = Session()
+    from_file = animate(mesh, wav, start=0.5, duration=1.0, device="cpu", session=session)
+    from_memory = animate(mesh, load_audio(wav), start=0.5, duration=1.0, device="cpu", session=session)
+    assert from_file.offsets.shape[0] == 31 and np.abs(from_file.offsets).max() > 1e-4
+    np.testing.assert_array_equal(from_memory.offsets, from_file.offsets)
+    with pytest.raises(AudioError, match="1-D float"):
+        animate(mesh, np.zeros((16000, 2), np.float32), device="cpu", session=session)
 
 
 def test_worker_answers_bad_numbers_with_error_events(tmp_path, env):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from training.articulation import OPEN_VOWELS, normalise_phone
 
@@ -24,16 +23,14 @@ def test_without_ah_drops_only_ah_from_the_open_vowels():
     assert [normalise_phone(p) in OPEN_VOWELS for p, _, _ in out] == [False, False, True, False, False]
 
 
-def test_voiced_clip_has_its_pauses_and_shifted_phones(tmp_path):
+def test_voiced_clip_has_its_pauses_and_shifted_phones():
     if shutil.which("flite") is None:
         pytest.skip("flite not installed (Debian package flite)")
     from training.synth.tts import Voice
 
-    path = tmp_path / "v.wav"
-    samples, phones = tool.voiced("a man may be a bore", Voice("flite", "slt"), path)
-    back, sr = sf.read(str(path), dtype="float32")
-    assert sr == 16000 and np.abs(back - samples).max() < 1 / 32767  # 16-bit PCM
-    assert abs(np.abs(samples).max() - 0.5) < 1e-3
+    samples, phones = tool.voiced("a man may be a bore", Voice("flite", "slt"))
+    sr = 16000
+    assert samples.dtype == np.float32 and abs(np.abs(samples).max() - 0.5) < 1e-3
     pause = int(tool.PAUSE_S * sr)
     assert not samples[:pause].any() and not samples[-pause:].any()
     assert phones[0][1] == pytest.approx(tool.PAUSE_S) and phones[-1][2] <= len(samples) / sr

@@ -28,8 +28,11 @@ def test_evaluate_model_folder(tmp_path):
     by_lang = {"hu": {"mouth_r_mean": 0.95}, "sw": {"mouth_r_mean": 0.96}}
     (tmp_path / "synth" / "lipsync.json").write_text(
         json.dumps({"mouth_r_mean": 0.934, "mouth_r_by_language": by_lang}))
+    (tmp_path / "prompts_flame").mkdir()
+    (tmp_path / "prompts_flame" / "articulation.json").write_text(json.dumps({"pooled": POOLED}))
     lines = summ.summarize(tmp_path)
     assert lines[1] == f"  demo   {LINE}"
-    assert lines[2] == ("  synth  LVE 19.4 mm² (0.28x still face), MVE 0.50 mm, mouth r 0.934, "
+    assert lines[2] == f"  prompts/flame {LINE}"
+    assert lines[3] == ("  synth  LVE 19.4 mm² (0.28x still face), MVE 0.50 mm, mouth r 0.934, "
                         "hu/ta/sw 0.95/-/0.96")
     assert summ.main([]) == 2

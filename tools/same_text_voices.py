@@ -19,29 +19,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.audio_io import load_audio  # noqa: E402
-from backend.inference import Session, animate  # noqa: E402
-from training.articulation import (_mesh_in_metres, align, load_indices, measure_clip,  # noqa: E402
+from backend.inference import Session, animate, resolve_checkpoint  # noqa: E402
+from training.articulation import (HEADS, align, load_indices, measure_clip, mesh_in_metres,  # noqa: E402
                                    speech_dir_audios, summarise)
 from training.lip_geometry import inner_lip  # noqa: E402
 from training.synth.tts import TTSError, Voice, synthesize  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-HEADS = {
-    "flame": (SHARED / "meshes/FLAME_sample.ply", SHARED / "masks/vocaset/FLAME_lips_idx.mat",
-              SHARED / "masks/vocaset/upper_mask.npy"),
-    "demo": (ROOT / "backend/assets/demo_head.obj", ROOT / "backend/assets/demo_head_lips.txt",
-             ROOT / "backend/assets/demo_head_upper.txt"),
-}
 PAUSE_S = 0.25  # the real recordings start and end in a pause; so do the voiced copies
 
 
@@ -57,13 +50,12 @@ def without_ah(phones):
     return [("AX" if p.upper().rstrip("012") == "AH" else p, a, b) for p, a, b in phones]
 
 
-def voiced(text: str, voice: Voice, path: Path):
+def voiced(text: str, voice: Voice):
     """Speak text with a pause each side, peak at half scale: (samples, the voice's own phones)."""
     audio, phones = synthesize(text, voice)
     pad = np.zeros(int(PAUSE_S * 16000))
     audio = np.concatenate([pad, audio, pad])
     audio = (0.5 * audio / max(np.abs(audio).max(), 1e-9)).astype(np.float32)
-    sf.write(str(path), audio, 16000)
     return audio, [(p, s + PAUSE_S, e + PAUSE_S) for p, s, e in phones]
 
 
@@ -73,66 +65,68 @@ def main(argv=None) -> None:
     ap.add_argument("--speech-dir", type=Path, default=SHARED / "speech")
     ap.add_argument("--voice", action="append", default=None,
                     help="ENGINE:NAME, e.g. flite:awb or espeak:en-us+m4 (repeatable)")
-    ap.add_argument("--heads", default="flame,demo")
+    ap.add_argument("--heads", default="flame,demo", help=f"comma-separated, of {', '.join(HEADS)}")
     a = ap.parse_args(argv)
     specs = a.voice or ["flite:awb", "flite:slt", "espeak:en-us+m4"]
     bad = [v for v in specs if v.count(":") != 1 or v.split(":")[0] not in ("espeak", "flite", "festival")]
     if bad:
         ap.error(f"--voice {bad[0]!r}: give ENGINE:NAME with ENGINE espeak, flite or festival")
     voices = [Voice(*v.split(":")) for v in specs]
+    unknown = [h for h in a.heads.split(",") if h not in HEADS]
+    if unknown:
+        ap.error(f"--heads: unknown head {unknown[0]!r}; choose from {', '.join(HEADS)}")
     audios = [x for x in speech_dir_audios(a.speech_dir) if x[2]]
     if not audios:
         raise SystemExit(f"no transcribed recordings in {a.speech_dir} (it needs a `transcription` file)")
     session = Session()
-    with tempfile.TemporaryDirectory(prefix="same_text_") as tmp:
-        for head in a.heads.split(","):
-            mesh, lips_path, upper_path = HEADS[head]
-            verts, faces, _ = _mesh_in_metres(mesh, None, 0.35)
-            lips, upper = load_indices(lips_path), load_indices(upper_path)
-            lip = inner_lip(verts, faces, lips)
+    model, _ = session.model(resolve_checkpoint(a.checkpoint), torch.device("cpu"))
+    for head in a.heads.split(","):
+        h = HEADS[head]
+        verts, faces, _ = mesh_in_metres(h.mesh, h.fit_size, model.cfg.frame_size)
+        lips, upper = load_indices(h.lips), load_indices(h.upper)
+        lip = inner_lip(verts, faces, lips)
 
-            def measure(name, wav, samples):
-                """Animate once; the returned function measures that animation under given phones."""
-                res = animate((verts, faces), str(wav), checkpoint=a.checkpoint, session=session)
-                seq = verts[None] + res.offsets.astype(np.float64)
-                return lambda ph: measure_clip(name, seq, verts, lip, ph, res.fps, lips=lips,
-                                               upper=upper, samples=samples)
+        def measure(name, samples):
+            """Animate once; the returned function measures that animation under given phones."""
+            res = animate((verts, faces), samples, checkpoint=a.checkpoint, device="cpu", session=session)
+            seq = verts[None] + res.offsets.astype(np.float64)
+            return lambda ph: measure_clip(name, seq, verts, lip, ph, res.fps, lips=lips,
+                                           upper=upper, samples=samples)
 
-            real = {"aligned": [], "aligned-noAH": []}
-            for name, wav, text in audios:
-                samples = load_audio(wav)
+        real = {"aligned": [], "aligned-noAH": []}
+        for name, wav, text in audios:
+            samples = load_audio(wav)
+            try:
+                phones = align(samples, 16000, text)[0]
+            except RuntimeError as exc:
+                print(f"{name}: skipped, {exc}", file=sys.stderr)
+                continue
+            judge = measure(name, samples)
+            real["aligned"].append(judge(phones))
+            real["aligned-noAH"].append(judge(without_ah(phones)))
+        if not real["aligned"]:
+            raise SystemExit(f"pocketsphinx aligned none of the recordings in {a.speech_dir}")
+        for j, reps in real.items():
+            print(line(head, "real", j, reps), flush=True)
+        for voice in voices:
+            by_judge = {"aligned": [], "own": [], "aligned-noAH": [], "own-noAH": []}
+            for name, _, text in audios:
+                try:
+                    samples, own = voiced(text, voice)
+                except TTSError as exc:
+                    raise SystemExit(f"{voice.id}: {exc}") from exc
+                judge = measure(name, samples)
+                by_judge["own"].append(judge(own))
+                by_judge["own-noAH"].append(judge(without_ah(own)))
                 try:
                     phones = align(samples, 16000, text)[0]
-                except RuntimeError as exc:
-                    print(f"{name}: skipped, {exc}", file=sys.stderr)
+                except RuntimeError:  # pocketsphinx cannot place every synthetic voice
                     continue
-                judge = measure(name, wav, samples)
-                real["aligned"].append(judge(phones))
-                real["aligned-noAH"].append(judge(without_ah(phones)))
-            if not real["aligned"]:
-                raise SystemExit(f"pocketsphinx aligned none of the recordings in {a.speech_dir}")
-            for j, reps in real.items():
-                print(line(head, "real", j, reps), flush=True)
-            for voice in voices:
-                by_judge = {"aligned": [], "own": [], "aligned-noAH": [], "own-noAH": []}
-                for name, _, text in audios:
-                    try:
-                        samples, own = voiced(text, voice, Path(tmp) / f"{name}.wav")
-                    except TTSError as exc:
-                        raise SystemExit(f"{voice.id}: {exc}") from exc
-                    judge = measure(name, Path(tmp) / f"{name}.wav", samples)
-                    by_judge["own"].append(judge(own))
-                    by_judge["own-noAH"].append(judge(without_ah(own)))
-                    try:
-                        phones = align(samples, 16000, text)[0]
-                    except RuntimeError:  # pocketsphinx cannot place every synthetic voice
-                        continue
-                    by_judge["aligned"].append(judge(phones))
-                    by_judge["aligned-noAH"].append(judge(without_ah(phones)))
-                for j, reps in by_judge.items():
-                    print(line(head, voice.id, j, reps) if reps else f"{head:6s} {voice.id:16s} {j:12s} "
-                          "no clip aligned", flush=True)
-
+                by_judge["aligned"].append(judge(phones))
+                by_judge["aligned-noAH"].append(judge(without_ah(phones)))
+            for j, reps in by_judge.items():
+                print(line(head, voice.id, j, reps) if reps else f"{head:6s} {voice.id:16s} {j:12s} "
+                      "no clip aligned", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -2,8 +2,8 @@
 
     python tools/summarize_eval.py /work/data/eval4_v4 /work/data/eval5_v5
 
-Real speech on each head (artic_flame, artic_demo, artic_biwi) and the synthetic test's
-articulation (artic_synth): bilabials closed, open-vowel and bilabial opening, their ratio, lips in
+Real speech on each head (artic_flame, artic_demo, artic_biwi; the studio prompts and the
+telephone set as prompts_HEAD and telephone_HEAD) and the synthetic test's articulation (artic_synth): bilabials closed, open-vowel and bilabial opening, their ratio, lips in
 silence, upper face and far field during speech (mm), lag (frames). Synthetic test (synth): LVE and
 its ratio to a still face's, MVE, mouth r overall and in the three never-heard languages. A folder
 that is one articulation report (`training.articulation --out`) prints its pooled line.
@@ -17,6 +17,7 @@ from pathlib import Path
 # the synthetic test split's (every 2nd clip) under `python -m training.predict --baseline neutral`
 STILL_FACE_LVE_MM2 = 69.4
 UNSEEN = ("hu", "ta", "sw")
+JUDGES = ("prompts", "telephone")  # evaluate_model.sh's independent real-speech sets
 
 
 def articulation_line(p: dict) -> str:
@@ -36,6 +37,11 @@ def summarize(folder: Path) -> list[str]:
         f = folder / f"artic_{head}" / "articulation.json"
         if f.is_file():
             lines.append(f"  {head:6s} {articulation_line(json.loads(f.read_text())['pooled'])}")
+    for judge in JUDGES:
+        for head in ("flame", "demo"):
+            f = folder / f"{judge}_{head}" / "articulation.json"
+            if f.is_file():
+                lines.append(f"  {judge}/{head} {articulation_line(json.loads(f.read_text())['pooled'])}")
     summary, lipsync = folder / "synth" / "summary.json", folder / "synth" / "lipsync.json"
     if summary.is_file() and lipsync.is_file():
         s, ls = json.loads(summary.read_text()), json.loads(lipsync.read_text())

@@ -3,6 +3,8 @@
     # a model on real recordings (phones from pocketsphinx forced alignment of the transcript)
     python -m training.articulation --mesh FLAME_sample.ply --lips FLAME_lips_idx.mat \\
         --upper upper_mask.npy --speech-dir ../shared/data/speech --out REPORT [--checkpoint C]
+    # the same for a head the model card reports (HEADS: flame, demo, biwi)
+    python -m training.articulation --head flame --speech-dir ../shared/data/speech --out REPORT
     # any audio, with or without a transcript (without: pocketsphinx recognises one first)
     python -m training.articulation --mesh M --lips L --audio a.wav [--text "..."] --out REPORT
     # the synthetic generator's targets (its own phone timings), or predictions of them
@@ -48,6 +50,27 @@ SILENCE_MARGIN = 0.100   # s away from any speech phone for a frame to count as 
 MAX_LAG = 10             # frames
 GAP_FLOOR = 1e-4         # m: the bilabial mean used in the ratio is at least 0.1 mm
 FAR_FIELD_FRACTION = 0.25  # of the bounding-box diagonal from the lips: "far from the mouth"
+
+
+@dataclass(frozen=True)
+class Head:
+    """A neutral head the model card reports, with its lip and upper-face masks."""
+    mesh: Path
+    lips: Path
+    upper: Path
+    fit_size: float | None = None  # m: bbox diagonal to scale to, for a scan in no usual unit
+
+
+_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared: not redistributable
+_ASSETS = Path(__file__).resolve().parents[1] / "backend" / "assets"
+HEADS = {
+    "flame": Head(_SHARED / "meshes/FLAME_sample.ply", _SHARED / "masks/vocaset/FLAME_lips_idx.mat",
+                  _SHARED / "masks/vocaset/upper_mask.npy"),
+    "demo": Head(_ASSETS / "demo_head.obj", _ASSETS / "demo_head_lips.txt", _ASSETS / "demo_head_upper.txt"),
+    # BIWI's scans come in a unit of their own; 0.348 m is about FLAME_sample's diagonal
+    "biwi": Head(_SHARED / "meshes/BIWI.ply", _SHARED / "masks/biwi/lve_region.txt",
+                 _SHARED / "masks/biwi/fdd_region.txt", fit_size=0.348),
+}
 
 
 def normalise_phone(p: str) -> str:
@@ -339,7 +362,7 @@ def load_indices(path) -> np.ndarray:
     return load_index_file(path)
 
 
-def _mesh_in_metres(mesh_path, fit_size: float | None, reference_size: float):
+def mesh_in_metres(mesh_path, fit_size: float | None, reference_size: float):
     """(verts in metres, faces, scale) of a mesh: units snapped as the backend snaps them (against
     the model's training head size), or scaled so the bounding-box diagonal is `fit_size` metres
     (for scans in an unusual unit, like BIWI). Lip gaps are reported in mm, so metres matter."""
@@ -362,7 +385,7 @@ def report_model(mesh, lips, audios, out_dir, upper=None, checkpoint=None, fit_s
 
     session = Session()
     model, _ = session.model(resolve_checkpoint(checkpoint), torch.device(device))
-    verts, faces, _ = _mesh_in_metres(mesh, fit_size, model.cfg.frame_size)
+    verts, faces, _ = mesh_in_metres(mesh, fit_size, model.cfg.frame_size)
     lip = inner_lip(verts, faces, lips)
     reports, clips, skipped = [], {}, {}
     for name, wav, text in audios:
@@ -373,7 +396,7 @@ def report_model(mesh, lips, audios, out_dir, upper=None, checkpoint=None, fit_s
             print(f"{name}: skipped, {exc}", file=sys.stderr)
             skipped[name] = str(exc)
             continue
-        res = animate((verts, faces), wav, checkpoint=checkpoint, device=device, session=session)
+        res = animate((verts, faces), samples, checkpoint=checkpoint, device=device, session=session)
         seq = verts[None] + res.offsets.astype(np.float64)  # offsets come back in the input's units (m)
         rep = measure_clip(name, seq, verts, lip, phones, res.fps, lips=lips, upper=upper,
                            samples=samples)
@@ -429,6 +452,8 @@ def report_dataset(root, split="test", pred_dir=None, out_dir=None, plots=True, 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.articulation", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="folder for articulation.json and the PNGs")
+    p.add_argument("--head", choices=sorted(HEADS), help="a head the model card reports, with its masks "
+                   "(instead of --mesh, --lips, --upper and --fit-size)")
     p.add_argument("--mesh", help="neutral head (y up, facing +z)")
     p.add_argument("--lips", help="lip mask: vertex indices (.txt/.npy 0-based, .mat 1-based)")
     p.add_argument("--upper", help="upper-face mask (for upper-face motion)")
@@ -448,8 +473,13 @@ def main(argv=None) -> int:
         if a.data:
             res = report_dataset(a.data, a.split, a.pred, out, plots=not a.no_plots)
         else:
+            if a.head:
+                if a.mesh or a.lips or a.upper or a.fit_size:
+                    p.error("--head names the mesh and its masks: leave out --mesh, --lips, --upper, --fit-size")
+                h = HEADS[a.head]
+                a.mesh, a.lips, a.upper, a.fit_size = str(h.mesh), str(h.lips), str(h.upper), h.fit_size
             if not (a.mesh and a.lips):
-                p.error("--mesh and --lips are needed (or --data for a synthetic dataset)")
+                p.error("--mesh and --lips are needed (or --head, or --data for a synthetic dataset)")
             audios = []
             if a.speech_dir:
                 audios += speech_dir_audios(a.speech_dir)
