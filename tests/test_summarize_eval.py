@@ -36,3 +36,21 @@ def test_evaluate_model_folder(tmp_path):
     assert lines[3] == ("  synth  LVE 19.4 mm² (0.28x still face), MVE 0.50 mm, mouth r 0.934, "
                         "hu/ta/sw 0.95/-/0.96")
     assert summ.main([]) == 2
+
+
+def test_compare_counts_clips_and_tests_the_sign(tmp_path):
+    def report(folder, bil, vow, extra=False):
+        folder.mkdir()
+        clips = {f"c{i}": {"bilabial_opening_mm": b, "open_vowel_opening_mm": v} for i, (b, v) in enumerate(zip(bil, vow))}
+        if extra:  # a clip the other report skipped (the aligner failed there) is left out
+            clips["only_here"] = {"bilabial_opening_mm": 9.0, "open_vowel_opening_mm": 0.0}
+        (folder / "articulation.json").write_text(json.dumps({"clips": clips}))
+        return folder
+
+    a = report(tmp_path / "a", [1.0] * 10, [3.0] * 10)
+    b = report(tmp_path / "b", [0.5] * 9 + [1.0], [4.0] * 8 + [2.0] * 2, extra=True)
+    lines = summ.compare(a, b)
+    assert lines[1] == "  bilabials narrower: 9 of 9 clips (sign test p 0.004), mean change -0.45 mm"
+    assert lines[2] == "  open vowels wider: 8 of 10 clips (sign test p 0.109), mean change +0.60 mm"
+    assert summ.sign_test(5, 10) == 1.0 and summ.sign_test(0, 0) == 1.0
+    assert summ.main(["--compare", str(a)]) == 2

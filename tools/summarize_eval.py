@@ -7,10 +7,17 @@ telephone set as prompts_HEAD and telephone_HEAD) and the synthetic test's artic
 silence, upper face and far field during speech (mm), lag (frames). Synthetic test (synth): LVE and
 its ratio to a still face's, MVE, mouth r overall and in the three never-heard languages. A folder
 that is one articulation report (`training.articulation --out`) prints its pooled line.
+
+    python tools/summarize_eval.py --compare /work/data/eval/v4_prompts /work/data/eval/v8_prompts
+
+compares two reports of the same recordings clip by clip: in how many clips the second model's
+bilabial opening is narrower and its open-vowel opening wider than the first's, with a two-sided
+sign test. Pooled means hide whether a change is consistent; a clip-by-clip count does not.
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -54,8 +61,37 @@ def summarize(folder: Path) -> list[str]:
     return lines
 
 
+def sign_test(wins: int, n: int) -> float:
+    """Two-sided p of `wins` or a count as far from n/2, among n fair coin flips."""
+    k = max(wins, n - wins)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n) if n else 1.0
+
+
+def compare(a: Path, b: Path) -> list[str]:
+    """Clip-by-clip comparison of two articulation reports of the same recordings."""
+    ca, cb = (json.loads((f / "articulation.json").read_text())["clips"] for f in (a, b))
+    lines = [f"== {b} against {a}"]
+    for key, better, what in (("bilabial_opening_mm", -1, "bilabials narrower"),
+                              ("open_vowel_opening_mm", 1, "open vowels wider")):
+        pairs = [(ca[n][key], cb[n][key]) for n in sorted(ca.keys() & cb.keys())
+                 if ca[n].get(key) is not None and cb[n].get(key) is not None]
+        diff = [y - x for x, y in pairs if y != x]
+        wins = sum((d > 0) == (better > 0) for d in diff)
+        mean = sum(y - x for x, y in pairs) / len(pairs) if pairs else float("nan")
+        lines.append(f"  {what}: {wins} of {len(diff)} clips (sign test p {sign_test(wins, len(diff)):.3f}), "
+                     f"mean change {mean:+.2f} mm")
+    return lines
+
+
 def main(argv=None) -> int:
-    folders = [Path(a) for a in (argv if argv is not None else sys.argv[1:])]
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if argv[:1] == ["--compare"]:
+        if len(argv) != 3:
+            print("usage: summarize_eval.py --compare REPORT_A REPORT_B", file=sys.stderr)
+            return 2
+        print("\n".join(compare(Path(argv[1]), Path(argv[2]))))
+        return 0
+    folders = [Path(a) for a in argv]
     if not folders:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
