@@ -62,6 +62,38 @@ def _check_time(name: str, value: float) -> float:
     return value
 
 
+def _check_window(start, duration) -> tuple[float, float | None]:
+    start = _check_time("start", start)
+    if duration is not None:
+        duration = _check_time("duration", duration)
+        if duration <= 0:
+            raise AudioError(f"duration must be positive, got {duration} s")
+    return start, duration
+
+
+def _window(start: float, duration: float | None, sr: int, total: int, name: str) -> tuple[int, int, int]:
+    """(lead, first, count) in source samples for [start, start + duration) of `total` samples:
+    `lead` samples of silence before the audio (negative start), then `count` samples from `first`.
+    Leading silence is counted in source samples so it goes through the same resampler as the audio
+    and the total length stays consistent."""
+    lead = round(-start * sr) if start < 0 else 0
+    first = round(start * sr) if start > 0 else 0
+    if first >= total:
+        raise AudioError(f"start {start:.3f} s is past the end of {name} ({total / sr:.3f} s long). "
+                         "Check the sound strip's offset/trim.")
+    want = total - first if duration is None else round(duration * sr) - lead
+    if want <= 0:  # the whole window lies in the silence before the audio starts
+        raise AudioError(f"the selected part ({start:.3f} s to {start + duration:.3f} s) ends before "
+                         f"{name} begins, so it has no sound. Check the sound strip's offset/trim.")
+    return lead, first, min(want, total - first)
+
+
+def _check_length(seconds: float, name: str) -> None:
+    if seconds < MIN_SECONDS:
+        raise AudioError(f"the selected audio from {name} is only {seconds:.3f} s long; at least "
+                         f"{MIN_SECONDS} s is needed. Use a longer clip or check start/duration.")
+
+
 def load_audio(
     path: str | Path,
     start: float = 0.0,
@@ -73,11 +105,7 @@ def load_audio(
     A negative `start` pads leading silence (a Blender sound strip may begin before its audio);
     `duration=None` reads to the end, and a duration running past the end stops at the end.
     """
-    start = _check_time("start", start)
-    if duration is not None:
-        duration = _check_time("duration", duration)
-        if duration <= 0:
-            raise AudioError(f"duration must be positive, got {duration} s")
+    start, duration = _check_window(start, duration)
     if not isinstance(target_sr, (int, np.integer)) or target_sr <= 0:
         raise AudioError(f"target sample rate must be a positive integer, got {target_sr!r}")
     target_sr = int(target_sr)
@@ -89,22 +117,7 @@ def load_audio(
             raise AudioError(
                 f"{path} contains no audio samples (empty file). Use a file with speech."
             )
-        # Leading silence is counted in source samples so it goes through the same resampler
-        # as the audio and the total length stays consistent.
-        lead = round(-start * sr) if start < 0 else 0
-        first = round(start * sr) if start > 0 else 0
-        if first >= total:
-            raise AudioError(
-                f"start {start:.3f} s is past the end of {path.name} ({total / sr:.3f} s long). "
-                "Check the sound strip's offset/trim."
-            )
-        want = total - first if duration is None else round(duration * sr) - lead
-        if want <= 0:  # the whole window lies in the silence before the file starts
-            raise AudioError(
-                f"the selected part ({start:.3f} s to {start + duration:.3f} s) ends before "
-                f"{path.name} begins, so it has no sound. Check the sound strip's offset/trim."
-            )
-        want = min(want, total - first)
+        lead, first, want = _window(start, duration, sr, total, path.name)
         try:
             # Seek + bounded read: a few seconds out of a long recording never loads it whole.
             if first:
@@ -126,12 +139,7 @@ def load_audio(
         raise AudioError(
             f"{path} contains NaN or infinite samples; the file is damaged. Re-export it."
         )
-    seconds = (lead + data.shape[0]) / sr
-    if seconds < MIN_SECONDS:
-        raise AudioError(
-            f"the selected audio from {path.name} is only {seconds:.3f} s long; at least "
-            f"{MIN_SECONDS} s is needed. Use a longer clip or check start/duration."
-        )
+    _check_length((lead + data.shape[0]) / sr, path.name)
 
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if lead:
@@ -150,30 +158,16 @@ def window_samples(samples, start: float = 0.0, duration: float | None = None,
                    sr: int = 16000) -> np.ndarray:
     """`load_audio`'s window [start, start + duration) of samples already in memory (mono at `sr`
     Hz), checked as a file's would be: float32, finite, at least MIN_SECONDS long."""
-    start = _check_time("start", start)
-    if duration is not None:
-        duration = _check_time("duration", duration)
-        if duration <= 0:
-            raise AudioError(f"duration must be positive, got {duration} s")
+    start, duration = _check_window(start, duration)
     x = np.asarray(samples)
     if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
         raise AudioError(f"audio samples must be a 1-D float array (mono, {sr} Hz), got "
                          f"{x.dtype} of shape {x.shape}")
     if not np.isfinite(x).all():
         raise AudioError("the audio samples contain NaN or infinite values")
-    lead = round(-start * sr) if start < 0 else 0
-    first = round(start * sr) if start > 0 else 0
-    if first >= len(x):
-        raise AudioError(f"start {start:.3f} s is past the end of the audio ({len(x) / sr:.3f} s long)")
-    want = len(x) - first if duration is None else round(duration * sr) - lead
-    if want <= 0:
-        raise AudioError(f"the selected part ({start:.3f} s to {start + duration:.3f} s) ends before "
-                         "the audio begins, so it has no sound")
-    out = np.concatenate([np.zeros(lead, np.float32), x[first:first + want].astype(np.float32)])
-    if len(out) / sr < MIN_SECONDS:
-        raise AudioError(f"the selected audio is only {len(out) / sr:.3f} s long; at least "
-                         f"{MIN_SECONDS} s is needed")
-    return out
+    lead, first, want = _window(start, duration, sr, len(x), "the audio")
+    _check_length((lead + want) / sr, "the audio")
+    return np.concatenate([np.zeros(lead, np.float32), x[first:first + want].astype(np.float32)])
 
 
 def save_wav(path: str | Path, samples, sr: int, subtype: str = "FLOAT") -> None:
