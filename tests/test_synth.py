@@ -422,6 +422,7 @@ def test_voice_shares_pick_the_engine():
     with pytest.raises(ValueError, match="flite_share and festival_share"):
         generate("/nonexistent/never_written", 1, 1, flite_share=0.7, festival_share=0.5)
 
+
 def test_festival_voices_filter(tmp_path):
     """festival_voices limits festival to the named voices (how synth2 is rebuilt on a machine with
     more of them), is recorded in meta.json, and an unknown name is refused before anything is written."""
