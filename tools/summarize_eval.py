@@ -3,8 +3,9 @@
     python tools/summarize_eval.py /work/data/eval4_v4 /work/data/eval5_v5
 
 Real speech on each head (artic_flame, artic_demo, artic_biwi; the studio prompts and the
-telephone set as prompts_HEAD and telephone_HEAD) and the synthetic test's articulation (artic_synth): bilabials closed, open-vowel and bilabial opening, their ratio, lips in
-silence, upper face and far field during speech (mm), lag (frames). Synthetic test (synth): LVE and
+telephone set as prompts_HEAD and telephone_HEAD) and the synthetic test's articulation
+(artic_synth): bilabials closed, open-vowel and bilabial opening, their ratio, lips in silence,
+upper face and far field during speech (mm), lag (frames). Synthetic test (synth): LVE and
 its ratio to a still face's, MVE, mouth r overall and in the three never-heard languages. A folder
 that is one articulation report (`training.articulation --out`) prints its pooled line.
 
