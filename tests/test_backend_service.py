@@ -347,7 +347,7 @@ def test_library_animate_takes_samples_in_memory_as_it_takes_a_file():
     the same window of the same audio animates the same, on the bundled model."""
     from backend.audio_io import load_audio
 
-    wav = ROOT.parent / "shared" / "data" / "speech" / "sense_and_sensibility_01_austen_64kb-0870.wav"
+    wav = shared_path("data", "speech", "sense_and_sensibility_01_austen_64kb-0870.wav")
     mesh = ROOT / "backend" / "assets" / "demo_head.obj"
     session = Session()
     from_file = animate(mesh, wav, start=0.5, duration=1.0, device="cpu", session=session)
