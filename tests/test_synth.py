@@ -434,6 +434,11 @@ def test_festival_voices_filter(tmp_path):
     with pytest.raises(ValueError, match="unknown festival voices \\['nope'\\]"):
         generate(tmp_path / "never", 1, 1, festival_voices=["nope"])
     assert not (tmp_path / "never").exists()
+    with pytest.raises(ValueError, match="unknown festival voices"):
+        tts.available_voices(["en"], festival_voices=["cmu_us_slt_arctic_hts", "nope"])
+    everyone = tts.available_voices(["en"])
+    no_festival = tts.available_voices(["en"], festival_voices=[])
+    assert no_festival == [v for v in everyone if v.engine != "festival"]  # same order, festival gone
     slt = "cmu_us_slt_arctic_hts"
     if slt not in tts.festival_voices_installed():
         pytest.skip("festival's slt voice not installed (optional engine)")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every quality measure of the default model's card, for one checkpoint:
 #   [PROMPTS=DIR] [TELEPHONE=DIR] bash tools/evaluate_model.sh CHECKPOINT SYNTH_DATA OUT
-# - articulation on real speech (../shared's LibriVox clips, pocketsphinx alignment) on FLAME_sample,
-#   BIWI (scaled to head size) and the bundled demo head: OUT/artic_{flame,biwi,demo}/articulation.json
+# - articulation on real speech (../shared's LibriVox clips, or LIBRIVOX=DIR; pocketsphinx alignment)
+#   on FLAME_sample, BIWI (scaled to head size) and the bundled demo head:
+#   OUT/artic_{flame,biwi,demo}/articulation.json
 # - with PROMPTS (python tools/ivr_speech.py --out DIR: studio prompts, 147 bilabials) and TELEPHONE
 #   (python tools/heldout_speech.py --out DIR): the same on FLAME_sample and the demo head,
 #   OUT/{prompts,telephone}_{flame,demo}/
@@ -11,12 +12,17 @@
 # Needs ../shared (FLAME, BIWI and the speech clips are not redistributable) and `.[train]`.
 # The heads and their masks: training.articulation.HEADS.
 set -euo pipefail
+[ $# -eq 3 ] || { echo "usage: [PROMPTS=DIR] [TELEPHONE=DIR] $0 CHECKPOINT SYNTH_DATA OUT" >&2; exit 2; }
+# the caller's paths, before the cd into the repository
+CKPT=$(realpath -m "$1") DATA=$(realpath -m "$2") OUT=$(realpath -m "$3")
+PROMPTS=${PROMPTS:+$(realpath -m "$PROMPTS")} TELEPHONE=${TELEPHONE:+$(realpath -m "$TELEPHONE")}
+LIBRIVOX=${LIBRIVOX:+$(realpath -m "$LIBRIVOX")}
 cd "$(dirname "$0")/.."
-CKPT=$1 DATA=$2 OUT=$3
+LIBRIVOX=${LIBRIVOX:-../shared/data/speech}
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT"
 for HEAD in flame demo biwi; do
-    $PY -m training.articulation --checkpoint "$CKPT" --speech-dir ../shared/data/speech --head $HEAD \
+    $PY -m training.articulation --checkpoint "$CKPT" --speech-dir "$LIBRIVOX" --head $HEAD \
         --out "$OUT/artic_$HEAD"
 done
 # the independent real-speech judges, when their folders are given (candidates are ranked by the

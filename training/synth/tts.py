@@ -283,9 +283,19 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return y[start:start + n_out]
 
 
-def available_voices(languages=None) -> list[Voice]:
-    """The voices of :func:`all_voices` that this machine can speak with (warns about the rest)."""
-    known = all_voices(languages)
+def available_voices(languages=None, festival_voices=None) -> list[Voice]:
+    """The voices of :func:`all_voices` that this machine can speak with (warns about the rest).
+
+    festival_voices: the festival voices that may speak (default: every installed one). A filter
+    keeps all_voices' order, and with it a generator's draws; an unknown name is a ValueError.
+    """
+    if festival_voices is not None:
+        unknown = sorted(set(festival_voices) - set(FESTIVAL_VOICES))
+        if unknown:
+            raise ValueError(f"unknown festival voices {unknown}; the generator knows "
+                             f"{', '.join(FESTIVAL_VOICES)}")
+    known = [v for v in all_voices(languages)
+             if festival_voices is None or v.engine != "festival" or v.name in festival_voices]
     es = espeak_voices_installed([v.name for v in known if v.engine == "espeak"])
     if not es and any(v.engine == "espeak" for v in known):
         warnings.warn("synth: espeak-ng voices skipped: libespeak-ng not found or it accepts no "
