@@ -17,7 +17,7 @@ import torch
 
 from tests.conftest import ROOT, shared_path
 from training import articulation as art
-from training.lip_geometry import boundary_loops, inner_lip, lip_gap
+from training.lip_geometry import boundary_loops, inner_lip, lip_gap, mouth_width
 
 SHARED = ROOT.parent / "shared" / "data"
 FPS = 30.0
@@ -68,12 +68,15 @@ def test_mouth_hole_is_found_and_gap_follows_the_lower_lip():
     np.testing.assert_allclose(gt.detach().numpy(), lip_gap(seq, lip), atol=1e-12)
     gt.sum().backward()
     assert t.grad[:, :, 1].abs().sum() > 0  # differentiable through the extreme vertices
+    assert mouth_width(verts, faces, lips) == pytest.approx(0.05)  # the slit, corner to corner
+    assert mouth_width(verts * 2, faces, lips) == pytest.approx(0.1)
 
 
 def test_without_a_mouth_hole_the_mask_is_split_by_height():
     verts, _, lips = slit_sheet()
     lip = inner_lip(verts, None, lips)
     assert lip.method == "mask_split"
+    assert mouth_width(verts, None, lips) is None
     assert lip_gap(open_by(verts, 0.003, below=-0.001), lip) - lip_gap(verts, lip) == pytest.approx(0.003)
 
 
@@ -264,8 +267,12 @@ def test_the_reported_heads_and_their_masks_are_where_the_table_says():
             if SHARED in path.parents:
                 shared_path("data", *path.relative_to(SHARED).parts)
             assert path.is_file(), (name, path)
-        verts, _, _ = art.mesh_in_metres(head.mesh, head.fit_size, 0.35)
+        verts, faces, _ = art.mesh_in_metres(head.mesh, head.fit_size, 0.35)
         diag = float(np.linalg.norm(verts.max(0) - verts.min(0)))
         assert 0.15 < diag < 0.6, (name, diag)  # every one a head in metres
         idx = art.load_indices(head.lips)
         assert 0 < len(idx) and idx.max() < len(verts), name
+        # human-sized, where it counts: the model reads positions in metres, and a face 1.5x too
+        # large (BIWI scaled to a whole head's diagonal) hardly moves its lips
+        width = mouth_width(verts, faces, idx)
+        assert width is not None and 0.04 < width < 0.06, (name, width)

@@ -67,9 +67,11 @@ HEADS = {
     "flame": Head(_SHARED / "meshes/FLAME_sample.ply", _SHARED / "masks/vocaset/FLAME_lips_idx.mat",
                   _SHARED / "masks/vocaset/upper_mask.npy"),
     "demo": Head(_ASSETS / "demo_head.obj", _ASSETS / "demo_head_lips.txt", _ASSETS / "demo_head_upper.txt"),
-    # BIWI's scans come in a unit of their own; 0.348 m is about FLAME_sample's diagonal
+    # BIWI's scans come in a unit of their own and hold the face alone: at 0.233 m its mouth is
+    # FLAME_sample's width (51 mm) and the face 145 mm wide, a human's. Scaled to a whole head's
+    # diagonal (0.348 m, used until version 4) both were 1.5x human size, and the lips hardly moved.
     "biwi": Head(_SHARED / "meshes/BIWI.ply", _SHARED / "masks/biwi/lve_region.txt",
-                 _SHARED / "masks/biwi/fdd_region.txt", fit_size=0.348),
+                 _SHARED / "masks/biwi/fdd_region.txt", fit_size=0.233),
 }
 
 

@@ -104,6 +104,16 @@ def _mouth_loop(verts, faces, lips):
     return None if best is None else best[1]
 
 
+def mouth_width(verts, faces, lips) -> float | None:
+    """Corner-to-corner width of the mouth hole (in the mesh's units), None without one: a scale
+    check for scans in no usual unit (a human mouth is 45-55 mm wide)."""
+    if faces is None or len(faces) == 0:
+        return None
+    verts = np.asarray(verts, np.float64)
+    loop = _mouth_loop(verts, faces, np.unique(np.asarray(lips, np.int64).ravel()))
+    return None if loop is None else float(np.ptp(verts[loop, 0]))
+
+
 def _from_mouth_hole(verts, faces, lips, frac):
     loop = _mouth_loop(verts, faces, lips)
     if loop is None:
