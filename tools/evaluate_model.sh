@@ -2,7 +2,7 @@
 # Every quality measure of the default model's card, for one checkpoint:
 #   [PROMPTS=DIR] [TELEPHONE=DIR] bash tools/evaluate_model.sh CHECKPOINT SYNTH_DATA OUT
 # - articulation on real speech (../shared's LibriVox clips, or LIBRIVOX=DIR; pocketsphinx alignment)
-#   on FLAME_sample, BIWI (scaled to head size) and the bundled demo head:
+#   on FLAME_sample, BIWI (scaled to human size) and the bundled demo head:
 #   OUT/artic_{flame,biwi,demo}/articulation.json
 # - with PROMPTS (python tools/ivr_speech.py --out DIR: studio prompts, 147 bilabials) and TELEPHONE
 #   (python tools/heldout_speech.py --out DIR): the same on FLAME_sample and the demo head,

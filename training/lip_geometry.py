@@ -106,7 +106,7 @@ def _mouth_loop(verts, faces, lips):
 
 def mouth_width(verts, faces, lips) -> float | None:
     """Corner-to-corner width of the mouth hole (in the mesh's units), None without one: a scale
-    check for scans in no usual unit (a human mouth is 45-55 mm wide)."""
+    check for scans in no usual unit (a human mouth is roughly 40-60 mm wide)."""
     if faces is None or len(faces) == 0:
         return None
     verts = np.asarray(verts, np.float64)
