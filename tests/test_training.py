@@ -144,8 +144,10 @@ def test_compute_losses_weights_and_scale():
         losses.LossWeights(velocity_axis="frames")
 
 
-def test_scaled_operators_match_recomputed():
-    """Scale augmentation rescales operators analytically; check against recomputing them."""
+@pytest.mark.parametrize("s", [0.61, 1.07, 1.65])
+def test_scaled_operators_match_recomputed(s):
+    """Scale augmentation rescales operators analytically; check against recomputing them, over
+    the whole range augment_log_scale=0.5 draws from."""
     from backend.diffusionnet import TorchOperators
     from backend.diffusionnet.geometry import compute_operators
     from backend.model import ModelConfig, ScanTalk
@@ -155,7 +157,6 @@ def test_scaled_operators_match_recomputed():
     torch.manual_seed(0)
     model = ScanTalk(ModelConfig(audio={"kind": "logmel", "config": {"n_mels": 20, "hidden": 8, "out_dim": 8}},
                                  latent=8, width=8, n_blocks=2, lstm_layers=1, k_eig=12, log_time=True))
-    s = 1.07
     a = TorchOperators.from_numpy(compute_operators(v * s, f, 12))
     b = scaled_operators(TorchOperators.from_numpy(compute_operators(v, f, 12)), s)
     x = torch.from_numpy(v * s).float()
@@ -163,6 +164,22 @@ def test_scaled_operators_match_recomputed():
         ya, yb = model.encode_geometry(x, a), model.encode_geometry(x, b)
     # equal up to the gradient's small fixed regulariser (not scale-covariant)
     assert (ya - yb).abs().max() < 2e-3 * ya.abs().max()
+
+
+def test_augment_size_rules():
+    """The linear rule replays its old draws; the log rule is symmetric in log size and stays in
+    [exp(-a), exp(a)]."""
+    from training.config import TrainSection
+    from training.train import augment_size
+
+    lin = TrainSection(augment_scale=0.05)
+    assert augment_size(lin, np.random.default_rng(3)) == np.random.default_rng(3).uniform(0.95, 1.05)
+    log = TrainSection(augment_scale=0.05, augment_log_scale=0.5)
+    rng = np.random.default_rng(0)
+    sizes = np.array([augment_size(log, rng) for _ in range(4000)])
+    assert sizes.min() >= np.exp(-0.5) and sizes.max() <= np.exp(0.5)
+    assert sizes.min() < 0.63 and sizes.max() > 1.6  # the whole range, not augment_scale's 5%
+    assert abs(np.log(sizes).mean()) < 0.02 and np.mean(sizes > 1) == pytest.approx(0.5, abs=0.03)
 
 
 # --------------------------------------------------------------------------- training

@@ -95,6 +95,9 @@ class TrainSection:
     silence_pad_max: float = 0.6  # seconds
     augment_translate: float = 0.005  # std of a random translation (m)
     augment_scale: float = 0.05  # uniform random scale in [1 - a, 1 + a]
+    # > 0: scale = exp(uniform(-a, a)) instead, symmetric in log size. The unit snap leaves user heads
+    # anywhere from a third to three times life size (a sculpt, a game head); 0.5 covers 0.61-1.65x.
+    augment_log_scale: float = 0.0
     freeze_audio_features: bool = False  # HuBERT/wav2vec2: keep the conv feature extractor fixed
     # Start from these weights (a model file or a last.pt, the viseme head too when it has one) with
     # a fresh optimizer and schedule: fine-tuning. --resume continues a run instead.

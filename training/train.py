@@ -208,6 +208,14 @@ def scaled_operators(ops: TorchOperators, s: float) -> TorchOperators:
                           grad=ops.grad * (1.0 / s))
 
 
+def augment_size(tcfg, rng: np.random.Generator) -> float:
+    """The random scale of one training example (one draw, whichever rule, so a config without
+    augment_log_scale replays its old random stream)."""
+    if tcfg.augment_log_scale > 0:
+        return float(np.exp(rng.uniform(-tcfg.augment_log_scale, tcfg.augment_log_scale)))
+    return float(rng.uniform(1 - tcfg.augment_scale, 1 + tcfg.augment_scale))
+
+
 def read_phones(data) -> dict[str, list]:
     """Phone timings per clip name ([[phone, start_s, end_s], ...]) from the dataset's clips.json
     (training.synth writes it); {} when the dataset has none (vocaset, biwi, ...)."""
@@ -301,8 +309,8 @@ def make_example(clip: Clip, shape: Shape, store: ClipStore, tcfg, rng: np.rando
         frames = np.asarray(motion[lo:hi], dtype=np.float32)[idx - lo]
     target = torch.from_numpy(frames - shape.centre.astype(np.float32)).to(device)
     neutral, ops = shape.neutral, shape.ops
-    if train and (tcfg.augment_scale > 0 or tcfg.augment_translate > 0):
-        s = float(rng.uniform(1 - tcfg.augment_scale, 1 + tcfg.augment_scale))
+    if train and (tcfg.augment_scale > 0 or tcfg.augment_log_scale > 0 or tcfg.augment_translate > 0):
+        s = augment_size(tcfg, rng)
         shift = torch.from_numpy(rng.normal(0, tcfg.augment_translate, 3).astype(np.float32)).to(device)
         neutral = neutral * s + shift
         target = target * s + shift
