@@ -247,7 +247,7 @@ def test_cli_on_the_demo_head(tmp_path):
     assert list(rep["skipped"]) == ["blip"] and "could not align" in rep["skipped"]["blip"]
     assert list(rep["clips"]) == ["demo_voice"] and "blip: skipped" in r.stderr
     pooled = rep["pooled"]
-    assert rep["inner_lip"] == "mouth_hole"
+    assert rep["inner_lip"] == "mouth_hole" and rep["size_factor"] == 1.0
     assert pooled["bilabials"] == 3  # "to Be ... to Be ill disPosed"
     assert 0.0 <= pooled["closure_rate"] <= 1.0 and pooled["open_vowels"] > 3
     assert pooled["open_vowel_opening_mm"] > 0.5  # the model opens the mouth on vowels
@@ -258,6 +258,9 @@ def test_cli_on_the_demo_head(tmp_path):
     both = subprocess.run(cmd[:5] + ["--lips", str(assets / "demo_head_lips.txt"), "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert both.returncode == 2 and "--head names the mesh" in both.stderr
+    zero = subprocess.run(cmd[:5] + ["--size-factor", "0", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert zero.returncode == 2 and "--size-factor must be above 0" in zero.stderr
 
 
 def test_the_reported_heads_and_their_masks_are_where_the_table_says():
@@ -270,6 +273,8 @@ def test_the_reported_heads_and_their_masks_are_where_the_table_says():
         verts, faces, _ = art.mesh_in_metres(head.mesh, head.fit_size, 0.35)
         diag = float(np.linalg.norm(verts.max(0) - verts.min(0)))
         assert 0.15 < diag < 0.6, (name, diag)  # every one a head in metres
+        big, _, _ = art.mesh_in_metres(head.mesh, head.fit_size, 0.35, size_factor=1.5)
+        assert np.allclose(big, verts * 1.5)  # the size sweep's head: the same head, larger
         idx = art.load_indices(head.lips)
         assert 0 < len(idx) and idx.max() < len(verts), name
         # human-sized, where it counts: the model reads positions in metres, and a face 1.5x too

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every quality measure of the default model's card, for one checkpoint:
-#   [PROMPTS=DIR] [TELEPHONE=DIR] bash tools/evaluate_model.sh CHECKPOINT SYNTH_DATA OUT
+#   [PROMPTS=DIR] [TELEPHONE=DIR] [SIZES="K ..."] bash tools/evaluate_model.sh CHECKPOINT SYNTH_DATA OUT
 # - articulation on real speech (../shared's LibriVox clips, or LIBRIVOX=DIR; pocketsphinx alignment)
 #   on FLAME_sample, BIWI (scaled to human size) and the bundled demo head:
 #   OUT/artic_{flame,biwi,demo}/articulation.json
@@ -9,10 +9,12 @@
 #   OUT/{prompts,telephone}_{flame,demo}/
 # - the synthetic held-out test split (every 2nd clip): LVE, mouth r, r by language: OUT/synth/
 # - articulation of those predictions with the generator's own phone timings: OUT/artic_synth/
+# - with SIZES (e.g. SIZES="0.67 1.5 2"): LibriVox on FLAME_sample at each of those times its size,
+#   OUT/size_K/ (a sculpt or game head can be well off life size after the unit snap)
 # Needs ../shared (FLAME, BIWI and the speech clips are not redistributable) and `.[train]`.
 # The heads and their masks: training.articulation.HEADS.
 set -euo pipefail
-[ $# -eq 3 ] || { echo "usage: [PROMPTS=DIR] [TELEPHONE=DIR] $0 CHECKPOINT SYNTH_DATA OUT" >&2; exit 2; }
+[ $# -eq 3 ] || { echo "usage: [PROMPTS=DIR] [TELEPHONE=DIR] [SIZES='K ...'] $0 CHECKPOINT SYNTH_DATA OUT" >&2; exit 2; }
 # the caller's paths, before the cd into the repository
 CKPT=$(realpath -m "$1") DATA=$(realpath -m "$2") OUT=$(realpath -m "$3")
 PROMPTS=${PROMPTS:+$(realpath -m "$PROMPTS")} TELEPHONE=${TELEPHONE:+$(realpath -m "$TELEPHONE")}
@@ -34,6 +36,10 @@ for JUDGE in "prompts:${PROMPTS:-}" "telephone:${TELEPHONE:-}"; do
         $PY -m training.articulation --checkpoint "$CKPT" --speech-dir "$DIR" --head $HEAD --no-plots \
             --out "$OUT/${NAME}_$HEAD"
     done
+done
+for K in ${SIZES:-}; do
+    $PY -m training.articulation --checkpoint "$CKPT" --speech-dir "$LIBRIVOX" --head flame --size-factor "$K" \
+        --no-plots --out "$OUT/size_$K"
 done
 $PY -m training.predict --checkpoint "$CKPT" --data "$DATA" --split test --every 2 --no-plots \
     --out "$OUT/synth_pred" --evaluate "$OUT/synth"

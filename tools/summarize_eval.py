@@ -3,8 +3,8 @@
     python tools/summarize_eval.py /work/data/eval4_v4 /work/data/eval5_v5
 
 Real speech on each head (artic_flame, artic_demo, artic_biwi; the studio prompts and the
-telephone set as prompts_HEAD and telephone_HEAD) and the synthetic test's articulation
-(artic_synth): bilabials closed, open-vowel and bilabial opening, their ratio, lips in silence,
+telephone set as prompts_HEAD and telephone_HEAD; FLAME_sample off life size as size_K) and the
+synthetic test's articulation (artic_synth): bilabials closed, open-vowel and bilabial opening, their ratio, lips in silence,
 upper face and far field during speech (mm), lag (frames). Synthetic test (synth): LVE and
 its ratio to a still face's, MVE, mouth r overall and in the three never-heard languages. A folder
 that is one articulation report (`training.articulation --out`) prints its pooled line.
@@ -50,6 +50,7 @@ def summarize(folder: Path) -> list[str]:
             f = folder / f"{judge}_{head}" / "articulation.json"
             if f.is_file():
                 lines.append(f"  {judge}/{head} {articulation_line(json.loads(f.read_text())['pooled'])}")
+    lines += size_lines(folder)
     summary, lipsync = folder / "synth" / "summary.json", folder / "synth" / "lipsync.json"
     if summary.is_file() and lipsync.is_file():
         s, ls = json.loads(summary.read_text()), json.loads(lipsync.read_text())
@@ -59,6 +60,21 @@ def summarize(folder: Path) -> list[str]:
         lines.append(f"  synth  LVE {lve:.1f} mm² ({lve / STILL_FACE_LVE_MM2:.2f}x still face), "
                      f"MVE {s['mve'] * 1e3:.2f} mm, mouth r {ls['mouth_r_mean']:.3f}, "
                      f"{'/'.join(UNSEEN)} {unseen}")
+    return lines
+
+
+def size_lines(folder: Path) -> list[str]:
+    """evaluate_model.sh's SIZES: FLAME_sample at K times its size (size_K), each with its open-vowel
+    opening against life size's (artic_flame) and against K, what motion in proportion would give."""
+    sized = sorted((float(f.name[5:]), f) for f in folder.glob("size_*") if (f / "articulation.json").is_file())
+    life = folder / "artic_flame" / "articulation.json"
+    base = json.loads(life.read_text())["pooled"]["open_vowel_opening_mm"] if life.is_file() else None
+    lines = []
+    for k, f in sized:
+        p = json.loads((f / "articulation.json").read_text())["pooled"]
+        rel = (f", open vowels {p['open_vowel_opening_mm'] / base:.2f}x life size's (in proportion: {k:g}x)"
+               if base else "")
+        lines.append(f"  size {k:g}x {articulation_line(p)}{rel}")
     return lines
 
 

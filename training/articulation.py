@@ -364,21 +364,22 @@ def load_indices(path) -> np.ndarray:
     return load_index_file(path)
 
 
-def mesh_in_metres(mesh_path, fit_size: float | None, reference_size: float):
+def mesh_in_metres(mesh_path, fit_size: float | None, reference_size: float, size_factor: float = 1.0):
     """(verts in metres, faces, scale) of a mesh: units snapped as the backend snaps them (against
     the model's training head size), or scaled so the bounding-box diagonal is `fit_size` metres
-    (for scans in an unusual unit, like BIWI). Lip gaps are reported in mm, so metres matter."""
+    (for scans in an unusual unit, like BIWI); then `size_factor` times larger, to ask how a head
+    off life size moves. Lip gaps are reported in mm, so metres matter."""
     from backend.framing import UNIT_SCALES, bbox, guess_units
     from backend.mesh_io import load_mesh
 
     verts, faces = load_mesh(mesh_path)
     _, diag = bbox(verts)
-    scale = fit_size / diag if fit_size else UNIT_SCALES[guess_units(diag, reference_size)]
+    scale = (fit_size / diag if fit_size else UNIT_SCALES[guess_units(diag, reference_size)]) * size_factor
     return verts * scale, faces, scale
 
 
 def report_model(mesh, lips, audios, out_dir, upper=None, checkpoint=None, fit_size=None,
-                 device="cpu", plots=True) -> dict:
+                 device="cpu", plots=True, size_factor=1.0) -> dict:
     """Animate `mesh` with each (name, wav_path, transcript or None) and report."""
     from backend.audio_io import load_audio
     import torch
@@ -387,7 +388,7 @@ def report_model(mesh, lips, audios, out_dir, upper=None, checkpoint=None, fit_s
 
     session = Session()
     model, _ = session.model(resolve_checkpoint(checkpoint), torch.device(device))
-    verts, faces, _ = mesh_in_metres(mesh, fit_size, model.cfg.frame_size)
+    verts, faces, _ = mesh_in_metres(mesh, fit_size, model.cfg.frame_size, size_factor)
     lip = inner_lip(verts, faces, lips)
     reports, clips, skipped = [], {}, {}
     for name, wav, text in audios:
@@ -409,7 +410,7 @@ def report_model(mesh, lips, audios, out_dir, upper=None, checkpoint=None, fit_s
     if not reports:
         raise ValueError(f"pocketsphinx aligned none of the {len(skipped)} recordings: {skipped}")
     return {"mesh": str(mesh), "inner_lip": lip.method, "checkpoint": str(checkpoint or "default"),
-            "pooled": summarise(reports), "clips": clips, "skipped": skipped}
+            "size_factor": size_factor, "pooled": summarise(reports), "clips": clips, "skipped": skipped}
 
 
 def report_dataset(root, split="test", pred_dir=None, out_dir=None, plots=True, max_plots=6,
@@ -464,12 +465,17 @@ def main(argv=None) -> int:
     p.add_argument("--speech-dir", help="folder of .wav files with a CMU `transcription` file")
     p.add_argument("--checkpoint", help="model (default: the bundled one)")
     p.add_argument("--fit-size", type=float, help="scale the head so its bbox diagonal is this many m")
+    p.add_argument("--size-factor", type=float, default=1.0,
+                   help="the head this many times its size in metres (with --head too): how a head "
+                   "off life size moves (the model reads metres; a sculpt may be 1.5x life)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", help="synthetic dataset root (general layout with clips.json)")
     p.add_argument("--split", default="test")
     p.add_argument("--pred", help="predictions of --data (<clip>.npy) instead of its targets")
     p.add_argument("--no-plots", action="store_true")
     a = p.parse_args(argv)
+    if not a.size_factor > 0:
+        p.error(f"--size-factor must be above 0 (1 = the head's own size), not {a.size_factor}")
     out = Path(a.out)
     try:
         if a.data:
@@ -492,7 +498,8 @@ def main(argv=None) -> int:
             lips = load_indices(a.lips)
             upper = load_indices(a.upper) if a.upper else None
             res = report_model(a.mesh, lips, audios, out, upper=upper, checkpoint=a.checkpoint,
-                               fit_size=a.fit_size, device=a.device, plots=not a.no_plots)
+                               fit_size=a.fit_size, device=a.device, plots=not a.no_plots,
+                               size_factor=a.size_factor)
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
