@@ -4,10 +4,11 @@
 
 Real speech on each head (artic_flame, artic_demo, artic_biwi; the studio prompts and the
 telephone set as prompts_HEAD and telephone_HEAD; FLAME_sample off life size as size_K) and the
-synthetic test's articulation (artic_synth): bilabials closed, open-vowel and bilabial opening, their ratio, lips in silence,
-upper face and far field during speech (mm), lag (frames). Synthetic test (synth): LVE and
-its ratio to a still face's, MVE, mouth r overall and in the three never-heard languages. A folder
-that is one articulation report (`training.articulation --out`) prints its pooled line.
+synthetic test's articulation (artic_synth): bilabials closed, open-vowel and bilabial opening,
+their ratio, lips in silence, upper face and far field during speech (mm), lag (frames).
+Synthetic test (synth): LVE and its ratio to a still face's, MVE, mouth r overall and in the
+three never-heard languages. A folder that is one articulation report (`training.articulation
+--out`) prints its pooled line.
 
     python tools/summarize_eval.py --compare /work/data/eval/v4_prompts /work/data/eval/v8_prompts
 
