@@ -88,7 +88,8 @@ def main(argv=None) -> None:
 
         def measure(name, samples):
             """Animate once; the returned function measures that animation under given phones."""
-            res = animate((verts, faces), samples, checkpoint=a.checkpoint, device="cpu", session=session)
+            res = animate((verts, faces), samples, checkpoint=a.checkpoint, device="cpu", session=session,
+                          units="m")  # mesh_in_metres has converted them
             seq = verts[None] + res.offsets.astype(np.float64)
             return lambda ph: measure_clip(name, seq, verts, lip, ph, res.fps, lips=lips,
                                            upper=upper, samples=samples)

@@ -399,7 +399,10 @@ def report_model(mesh, lips, audios, out_dir, upper=None, checkpoint=None, fit_s
             print(f"{name}: skipped, {exc}", file=sys.stderr)
             skipped[name] = str(exc)
             continue
-        res = animate((verts, faces), samples, checkpoint=checkpoint, device=device, session=session)
+        # verts are in metres already: a snap here would undo a large size_factor (FLAME at 3x
+        # is nearer the training heads in dm) and report another size than the one asked for
+        res = animate((verts, faces), samples, checkpoint=checkpoint, device=device, session=session,
+                      units="m")
         seq = verts[None] + res.offsets.astype(np.float64)  # offsets come back in the input's units (m)
         rep = measure_clip(name, seq, verts, lip, phones, res.fps, lips=lips, upper=upper,
                            samples=samples)
