@@ -182,6 +182,34 @@ def test_augment_size_rules():
     assert abs(np.log(sizes).mean()) < 0.02 and np.mean(sizes > 1) == pytest.approx(0.5, abs=0.03)
 
 
+def test_losses_at_life_size_do_not_depend_on_the_random_size():
+    """A head and its motion scaled by s and shifted, with example_weights(at_life_size), give
+    every loss term (the gap weights' closure thresholds included) of the life-size head; without
+    it, the squared terms grow by s**2."""
+    from training.train import example_weights
+
+    rng = torch.Generator().manual_seed(0)
+    T, V = 6, 12
+    target = torch.randn(T, V, 3, generator=rng) * 0.01
+    pred = target + torch.randn(T, V, 3, generator=rng) * 0.002
+    upper, lower = torch.arange(0, 4), torch.arange(4, 8)
+    bilabial = torch.tensor([0, 1, 1, 0, 0, 1], dtype=torch.bool)
+    w = losses.LossWeights(mse=1.0, mae=30.0, lip=3.0, velocity=2.0, unit_scale=1000.0, gap=2.0,
+                           gap_closure_boost=4.0, gap_closure_mm=1.0, gap_bilabial_boost=4.0, lip_closure=3.0)
+    g0 = float(losses.lip_gap(target[:1], upper, lower)[0])
+    base = losses.compute_losses(pred, target, w, torch.arange(8), losses.GapInputs(upper, lower, g0, bilabial))
+    shift = torch.tensor([0.003, -0.002, 0.001])
+    for s in (0.61, 1.65):
+        args = (pred * s + shift, target * s + shift)
+        gap = losses.GapInputs(upper, lower, g0 * s, bilabial)
+        life = losses.compute_losses(*args, example_weights(w, s, True), torch.arange(8), gap)
+        raw = losses.compute_losses(*args, example_weights(w, s, False), torch.arange(8), gap)
+        for k in ("mse", "mae", "lip", "velocity", "gap", "lip_closure", "total"):
+            assert life[k].item() == pytest.approx(base[k].item(), rel=1e-4), (s, k)
+        assert raw["mse"].item() == pytest.approx(base["mse"].item() * s * s, rel=1e-4)
+    assert example_weights(w, 1.3, False) is w
+
+
 # --------------------------------------------------------------------------- training
 
 def test_train_steps_reduce_loss_checkpoints_resume_predict(dataset, tmp_path):
@@ -408,6 +436,40 @@ def test_train_with_gap_phone_head_and_augmentation(phone_dataset, tmp_path):
     with pytest.raises(ConfigError, match="viseme head"):
         train.train(load_config(None, tiny_cfg(phone_dataset, out, *args, "train.steps=10", "loss.phone=0")),
                     resume="auto")
+
+
+def test_train_measures_losses_at_life_size(phone_dataset, tmp_path, monkeypatch):
+    """loss.at_life_size reaches the training step: each step's losses use unit_scale / the size
+    its example was drawn at, and the size is the one the neutral was scaled by."""
+    from training import train
+
+    seen = []
+    make_example, compute_losses = train.make_example, train.compute_losses
+
+    def recording_make_example(clip, shape, *a, **kw):
+        ex = make_example(clip, shape, *a, **kw)
+        if kw.get("train", True):
+            extent = float((ex.neutral.max(0).values - ex.neutral.min(0).values).norm())
+            full = float((shape.neutral.max(0).values - shape.neutral.min(0).values).norm())
+            seen.append([ex.size, extent / full])
+        return ex
+
+    def recording_compute_losses(pred, target, weights, *a, **kw):
+        if torch.is_grad_enabled():
+            seen[-1].append(weights.unit_scale)
+        return compute_losses(pred, target, weights, *a, **kw)
+
+    monkeypatch.setattr(train, "make_example", recording_make_example)
+    monkeypatch.setattr(train, "compute_losses", recording_compute_losses)
+    args = ["train.steps=4", "train.val_every=4", "train.augment_log_scale=0.5", "loss.at_life_size=true",
+            *FEATURES]
+    train.train(load_config(None, tiny_cfg(phone_dataset, tmp_path / "run", *args)))
+    assert len(seen) == 4
+    sizes = np.array([x[0] for x in seen])
+    assert np.ptp(sizes) > 0.05 and (sizes >= np.exp(-0.5)).all() and (sizes <= np.exp(0.5)).all()
+    for size, ratio, unit_scale in seen:
+        assert ratio == pytest.approx(size, rel=2e-2)  # the shift moves the box a little
+        assert unit_scale == pytest.approx(1000.0 / size)
 
 
 def test_phone_loss_skipped_without_phone_timings(dataset, tmp_path, capsys):

@@ -5,11 +5,12 @@
 
 One step = one clip: the speech encoder and the BiLSTM run on the whole clip, the geometry encoder
 on the (augmented) neutral mesh, and the decoder on a random window of `train.window_frames`
-frames (decoding every frame is what makes CPU training slow). Augmentation: a small random
-scale and translation of the template, applied identically to the motion targets (operators are
-scaled analytically, not recomputed), optional silence padding (a still face over silence), and
-the audio augmentation of the [augment] section (training/augment.py: gain, noise, reverb, band
-limits, codecs, and speed perturbation, which time-scales the motion target with the audio).
+frames (decoding every frame is what makes CPU training slow). Augmentation: a random scale and
+translation of the template, applied identically to the motion targets (operators are scaled
+analytically, not recomputed; `loss.at_life_size` measures the losses back at life size),
+optional silence padding (a still face over silence), and the audio augmentation of the
+[augment] section (training/augment.py: gain, noise, reverb, band limits, codecs, and speed
+perturbation, which time-scales the motion target with the audio).
 Under DDP every rank takes its own shard of the clips each epoch and gradients are averaged.
 
 Lip closures: each subject's inner lip (training.lip_geometry) is found once, with its operators;
@@ -41,7 +42,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -269,6 +270,7 @@ class Example:
     lips: torch.Tensor | None
     gap: GapInputs | None = None  # inner lip of this subject (bilabial frames: of the window)
     visemes: torch.Tensor | None = None  # [n_frames] viseme class per frame (-1 unknown), or None
+    size: float = 1.0  # the random scale applied to neutral and target (augment_size)
 
 
 def make_example(clip: Clip, shape: Shape, store: ClipStore, tcfg, rng: np.random.Generator,
@@ -308,7 +310,7 @@ def make_example(clip: Clip, shape: Shape, store: ClipStore, tcfg, rng: np.rando
         lo, hi = int(idx.min()), int(idx.max()) + 1
         frames = np.asarray(motion[lo:hi], dtype=np.float32)[idx - lo]
     target = torch.from_numpy(frames - shape.centre.astype(np.float32)).to(device)
-    neutral, ops = shape.neutral, shape.ops
+    neutral, ops, s = shape.neutral, shape.ops, 1.0
     if train and (tcfg.augment_scale > 0 or tcfg.augment_log_scale > 0 or tcfg.augment_translate > 0):
         s = augment_size(tcfg, rng)
         shift = torch.from_numpy(rng.normal(0, tcfg.augment_translate, 3).astype(np.float32)).to(device)
@@ -328,7 +330,15 @@ def make_example(clip: Clip, shape: Shape, store: ClipStore, tcfg, rng: np.rando
         g0 = float(lip_gap(neutral[None], shape.upper, shape.lower)[0])
         gap = GapInputs(shape.upper, shape.lower, g0, bilabial)
     return Example(torch.from_numpy(np.ascontiguousarray(wav))[None].to(device), total, f0, f1,
-                   neutral, ops, target, shape.lips, gap, visemes)
+                   neutral, ops, target, shape.lips, gap, visemes, s)
+
+
+def example_weights(weights: LossWeights, size: float, at_life_size: bool) -> LossWeights:
+    """The loss weights for one example; `at_life_size` divides its coordinates by its random
+    size, so every term, and the gap's closure thresholds, reads as if the head were life size."""
+    if not at_life_size or size == 1.0:
+        return weights
+    return replace(weights, unit_scale=weights.unit_scale / size)
 
 
 class WindowStep(nn.Module):
@@ -633,7 +643,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         pred, logits = net(ex.wav, ex.n_frames, ex.f0, ex.f1, ex.neutral, ex.ops)
-        terms = compute_losses(pred, ex.target, weights, ex.lips, ex.gap, logits, ex.visemes)
+        w = example_weights(weights, ex.size, cfg.loss.at_life_size)
+        terms = compute_losses(pred, ex.target, w, ex.lips, ex.gap, logits, ex.visemes)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
