@@ -12,7 +12,7 @@ summaries are gathered with `all_gather_object` at the end (which is also the fi
 
 Manifest: CSV with a header row, or JSON lines (one object per line; blank lines and lines
 starting with `#` are skipped). Columns/keys: `mesh`, `audio` (required), and optionally `out`,
-`checkpoint`, `fps`, `start`, `duration`, `normalize`, `units`, `dtype`; an empty cell means the
+`checkpoint`, `fps`, `start`, `duration`, `normalize`, `units`, `dtype`, `head_scale`; an empty cell means the
 command-line default. Relative `mesh`/`audio`/`checkpoint` paths are relative to the manifest's
 folder, `out` to the output folder. Without `out` a row writes
 `<mesh stem>_<audio stem>_<8 hex of the row's inputs>.npz`, so editing a row's options makes a
@@ -37,7 +37,8 @@ from .options import animate_options
 
 log = logging.getLogger("backend.batch")
 
-COLUMNS = ("mesh", "audio", "out", "checkpoint", "fps", "start", "duration", "normalize", "units", "dtype")
+COLUMNS = ("mesh", "audio", "out", "checkpoint", "fps", "start", "duration", "normalize", "units", "dtype",
+           "head_scale")
 SUMMARY = "batch_summary.json"
 
 
@@ -109,7 +110,7 @@ def plan(manifest, out_dir, defaults: dict) -> list[Row]:
             ck = rec.get("checkpoint")
             row.checkpoint = str(base / str(ck).strip()) if not _blank(ck) else defaults.get("checkpoint")
             merged = {k: (defaults.get(k) if _blank(rec.get(k)) else rec.get(k))
-                      for k in ("fps", "start", "duration", "normalize", "units", "dtype")}
+                      for k in ("fps", "start", "duration", "normalize", "units", "dtype", "head_scale")}
             merged["device"] = defaults.get("device", "auto")
             row.options = animate_options(**merged)
             row.options.pop("device")
@@ -118,7 +119,10 @@ def plan(manifest, out_dir, defaults: dict) -> list[Row]:
                 if out.suffix != ".npz":
                     out = out.with_name(out.name + ".npz")
             else:
-                key = json.dumps([row.mesh, row.audio, row.checkpoint, row.options], sort_keys=True)
+                # the default head scale stays out of the name, so a batch begun before the option
+                # existed resumes with the same outputs
+                named = {k: v for k, v in row.options.items() if not (k == "head_scale" and v == 1.0)}
+                key = json.dumps([row.mesh, row.audio, row.checkpoint, named], sort_keys=True)
                 digest = hashlib.sha1(key.encode()).hexdigest()[:8]
                 out = Path(f"{Path(row.mesh).stem}_{Path(row.audio).stem}_{digest}.npz")
             row.out = str(out if out.is_absolute() else out_dir / out)
@@ -226,11 +230,11 @@ def _share(rows: list[Row], rank: int, world: int) -> list[Row]:
 
 
 def run_batch(manifest, out_dir, checkpoint=None, device: str = "auto", fps=None, start=None, duration=None,
-              normalize=None, units=None, dtype=None, cache_dir=None, stream=None) -> dict:
+              normalize=None, units=None, dtype=None, cache_dir=None, stream=None, head_scale=None) -> dict:
     """Run the manifest; returns the summary (gathered over all ranks under torchrun)."""
     t0 = time.perf_counter()
     defaults = {"checkpoint": checkpoint, "device": device, "fps": fps, "start": start, "duration": duration,
-                "normalize": normalize, "units": units, "dtype": dtype}
+                "normalize": normalize, "units": units, "dtype": dtype, "head_scale": head_scale}
     rows = plan(manifest, out_dir, defaults)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     dist, rank, world, device = _distributed(animate_options(device=device)["device"])
@@ -312,7 +316,7 @@ def run_batch(manifest, out_dir, checkpoint=None, device: str = "auto", fps=None
 def main(args) -> int:
     summary = run_batch(args.manifest, args.out, checkpoint=args.checkpoint, device=args.device, fps=args.fps,
                         start=args.start, duration=args.duration, normalize=args.normalize, units=args.units,
-                        dtype=args.dtype, cache_dir=args.cache_dir)
+                        dtype=args.dtype, cache_dir=args.cache_dir, head_scale=args.head_scale)
     if summary["rank"] == 0:
         print(f"batch: {summary['rows']} rows: {summary['done']} done, {summary['skipped']} skipped "
               f"(already finished), {summary['failed']} failed; {summary['seconds']:.1f} s, "

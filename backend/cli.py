@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--normalize", default="auto", choices=["auto", "none"],
                    help="auto: detect units and centre the head like the training data; none: as is")
     a.add_argument("--units", choices=["m", "dm", "cm", "mm", "in"], help="force the mesh's units")
+    a.add_argument("--head-scale", type=float, metavar="K",
+                   help="how many times life size the head is in its units (a sculpt made at 2x: 2); "
+                        "the model sees it at life size and its motion comes back scaled with it (default 1)")
     a.add_argument("--cache-dir", help="operator cache folder (default: $SCANTALK_CACHE_DIR or user cache)")
     a.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                    help="storage of the offsets; float16 halves the file (error: docs/protocol.md)")
@@ -44,9 +47,9 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("batch", help="animate every (mesh, audio, options) row of a CSV or JSON-lines manifest",
                        description="Rows: mesh, audio [, out, checkpoint, fps, start, duration, normalize, "
-                                   "units, dtype]; see docs/protocol.md. Resumable: finished outputs are "
-                                   "skipped. Under torchrun the rows are split across the processes. Exit "
-                                   "code 1 if any row failed.")
+                                   "units, dtype, head_scale]; see docs/protocol.md. Resumable: finished "
+                                   "outputs are skipped. Under torchrun the rows are split across the "
+                                   "processes. Exit code 1 if any row failed.")
     b.add_argument("manifest", help="a .csv (with a header row) or JSON-lines file")
     b.add_argument("--out", required=True, help="output folder (results + batch_summary.json)")
     b.add_argument("--checkpoint", help="default checkpoint for rows that name none")
@@ -56,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--duration", type=float, help="default duration (s)")
     b.add_argument("--normalize", choices=["auto", "none"])
     b.add_argument("--units", choices=["m", "dm", "cm", "mm", "in"])
+    b.add_argument("--head-scale", type=float, metavar="K", help="default head scale (see animate --help)")
     b.add_argument("--dtype", choices=["float32", "float16"])
     b.add_argument("--cache-dir")
 
@@ -81,7 +85,8 @@ def _animate(args) -> int:
         rig_options({"keys": args.rig_keys, "smooth": args.rig_smooth})
         load_keys(args.rig_keys)  # a bad keys file fails before the model runs
     opts = animate_options(fps=args.fps, start=args.start, duration=args.duration, device=args.device,
-                           normalize=args.normalize, units=args.units, dtype=args.dtype)
+                           normalize=args.normalize, units=args.units, dtype=args.dtype,
+                           head_scale=args.head_scale)
     compact = None
     if args.compact is not None:
         from .options import compact_options
@@ -98,7 +103,8 @@ def _animate(args) -> int:
     result = animate_to_file(args.mesh, args.audio, args.out, checkpoint=args.checkpoint, fps=opts["fps"],
                              device=opts["device"], start=opts["start"], duration=opts["duration"],
                              normalize=opts["normalize"], units=opts["units"], dtype=opts["dtype"],
-                             session=Session(cache_dir=args.cache_dir), progress=progress)
+                             head_scale=opts["head_scale"], session=Session(cache_dir=args.cache_dir),
+                             progress=progress)
     t = result.meta["timings"]
     print(f"wrote {result.path}: {result.frames} frames at {result.fps:g} fps, "
           f"{result.vertices} vertices ({result.meta['device']}, {t['total']:.2f} s, "

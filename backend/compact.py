@@ -64,7 +64,8 @@ def smooth_time(x: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def metres_per_unit(meta: dict) -> float:
-    """The result's unit in metres: the backend's unit snap (meta.frame); metres when as-is."""
+    """The result's unit in metres at life size: the backend's unit snap over the head scale
+    (meta.frame.scale), so a head made at 2x keeps its tolerances in proportion; metres when as-is."""
     frame = (meta or {}).get("frame") or {}
     if frame.get("units") not in (None, "as-is") and frame.get("scale"):
         return float(frame["scale"])

@@ -4,7 +4,9 @@ The model reads raw xyz, so units and placement matter. Axes are the caller's jo
 looking along +z; the Blender add-on converts from Z-up). Here: units are snapped to the nearest
 of m, dm, cm, mm or inches by comparing the bounding-box diagonal with the training heads' (a
 metric snap, not a free rescale, so a head-and-shoulders scan is not shrunk to a face), and the
-bounding-box centre is moved onto the training heads' centre.
+bounding-box centre is moved onto the training heads' centre. A head made larger or smaller than
+life (a sculpt at 2x) is the caller's to say (`head_scale`): the model then sees it at life size,
+and its offsets come back scaled with the head.
 """
 from __future__ import annotations
 
@@ -17,12 +19,13 @@ UNIT_SCALES = {"m": 1.0, "dm": 0.1, "cm": 0.01, "mm": 0.001, "in": 0.0254}
 
 @dataclass(frozen=True)
 class Frame:
-    """model_xyz = (xyz - centre) * scale + target."""
+    """model_xyz = (xyz - centre) * scale + target; scale = the unit's metres / head_scale."""
 
     scale: float = 1.0
     centre: tuple = (0.0, 0.0, 0.0)
     target: tuple = (0.0, 0.0, 0.0)
     units: str = "as-is"
+    head_scale: float = 1.0  # the head's size in life sizes, as the caller gave it
 
     def to_model(self, verts: np.ndarray) -> np.ndarray:
         return (np.asarray(verts, np.float64) - self.centre) * self.scale + self.target
@@ -31,7 +34,8 @@ class Frame:
         return offsets / np.float32(self.scale)
 
     def to_dict(self) -> dict:
-        return {"scale": self.scale, "centre": list(self.centre), "target": list(self.target), "units": self.units}
+        return {"scale": self.scale, "centre": list(self.centre), "target": list(self.target),
+                "units": self.units, "head_scale": self.head_scale}
 
 
 def bbox(verts: np.ndarray) -> tuple[np.ndarray, float]:
@@ -47,14 +51,18 @@ def guess_units(diagonal: float, reference_size: float) -> str:
 
 
 def fit_frame(verts: np.ndarray, reference_centre, reference_size: float,
-              mode: str = "auto", units: str | None = None) -> Frame:
-    """`mode`: "auto" (snap units, centre) or "none" (as is). `units` forces the unit."""
+              mode: str = "auto", units: str | None = None, head_scale: float = 1.0) -> Frame:
+    """`mode`: "auto" (snap units, centre) or "none" (as is). `units` forces the unit;
+    `head_scale` (> 0) says how many times life size the head is in those units."""
+    if not head_scale > 0:
+        raise ValueError(f"head_scale must be greater than 0, not {head_scale!r}")
     if mode == "none" or reference_size <= 0:
-        return Frame()
+        return Frame(scale=1.0 / head_scale, head_scale=head_scale)
     if mode != "auto":
         raise ValueError(f"normalize must be 'auto' or 'none', not {mode!r}")
     centre, diag = bbox(np.asarray(verts, np.float64))
     unit = units or guess_units(diag, reference_size)
     if unit not in UNIT_SCALES:
         raise ValueError(f"unknown unit {unit!r}; use one of {', '.join(UNIT_SCALES)}")
-    return Frame(scale=UNIT_SCALES[unit], centre=tuple(centre), target=tuple(reference_centre), units=unit)
+    return Frame(scale=UNIT_SCALES[unit] / head_scale, centre=tuple(centre), target=tuple(reference_centre),
+                 units=unit, head_scale=head_scale)

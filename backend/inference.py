@@ -163,10 +163,16 @@ def input_warnings(model_verts: np.ndarray, reference_size: float, n_vertices: i
     if reference_size > 0:
         diag = float(np.linalg.norm(model_verts.max(0) - model_verts.min(0)))
         ratio = diag / reference_size
-        if ratio > 2.0 or ratio < 0.4:
+        # The default model's training heads span 0.7-1.5x their mean diagonal; past 1.6x a real
+        # head is larger than life (version 4 opens its mouth 0.6x as wide at 1.5x life size).
+        if ratio > 1.6 or ratio < 0.5:
+            bigger = "larger" if ratio > 1 else "smaller"
             out.append(f"the mesh is {ratio:.1f}x the size of the heads this model was trained on "
-                       f"(after unit detection): if it is not a head, or its units are unusual, "
-                       f"expect weak or odd motion; set the units explicitly if they were guessed wrong")
+                       f"(after unit detection and head scale), and a head far from life size moves "
+                       f"its lips less, or oddly. If it is a head {bigger} than life, set the head "
+                       f"scale (how many times life size it is: --head-scale, or Head Scale in the "
+                       f"add-on); if its units were guessed wrong, set the units; a mesh with "
+                       f"shoulders or a body can stay as it is")
     if n_vertices > 150_000:
         out.append(f"{n_vertices} vertices: this works, but a decimated copy (20-50k vertices) "
                    f"animates several times faster with the same look")
@@ -270,12 +276,12 @@ WRITE_BLOCK_BYTES = 32 * 2**20
 
 
 def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units, session,
-         progress, cancel, make_sink, dtype="float32"):
+         progress, cancel, make_sink, dtype="float32", head_scale=None):
     """The streaming pipeline shared by `animate` and `animate_to_file`: encode the audio and the
     neutral mesh, then decode chunks of frames into `make_sink(n_frames, n_vertices)` (an object
     with `write(float32 [t, V, 3])`). Returns (sink, fps, meta). Nothing here holds all frames."""
     opts = animate_options(fps=fps, start=start, duration=duration, device=device, normalize=normalize,
-                           units=units, dtype=dtype)
+                           units=units, dtype=dtype, head_scale=head_scale)
     fps, start, duration, device = opts["fps"], opts["start"], opts["duration"], opts["device"]
     normalize, units = opts["normalize"], opts["units"]
     session = session or Session()
@@ -324,7 +330,7 @@ def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units
     step("load_model", f"{model.cfg.name} on {dev.type}")
 
     cfg = model.cfg
-    frame = fit_frame(verts, cfg.frame_centre, cfg.frame_size, normalize, units)
+    frame = fit_frame(verts, cfg.frame_centre, cfg.frame_size, normalize, units, opts["head_scale"])
     model_verts = frame.to_model(verts)
     warnings = input_warnings(model_verts, cfg.frame_size, len(verts))
     for w in warnings:
@@ -419,16 +425,18 @@ def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units
 
 def animate(mesh, audio, checkpoint=None, fps: float | None = None, device: str = "auto",
             start: float = 0.0, duration: float | None = None, normalize: str = "auto",
-            units: str | None = None, session: Session | None = None, progress=None, cancel=None) -> Result:
+            units: str | None = None, session: Session | None = None, progress=None, cancel=None,
+            head_scale: float | None = None) -> Result:
     """Predict offsets for `mesh` (path or (vertices, faces)) speaking `audio` (a path, or float
-    samples [N], mono at 16 kHz), in memory.
+    samples [N], mono at 16 kHz), in memory. `head_scale`: how many times life size the head is
+    (a sculpt at 2x: 2); the model sees it at life size and its motion is scaled back with it.
 
     `progress(stage, fraction, message)` is called as work advances; `cancel()` returning True
     stops the job with `Cancelled` at the next check. For long clips use `animate_to_file`, which
     streams frames to disk and never holds them all.
     """
     sink, out_fps, meta = _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units,
-                               session, progress, cancel, ArraySink)
+                               session, progress, cancel, ArraySink, head_scale=head_scale)
     return Result(offsets=sink.offsets, fps=out_fps, meta=meta)
 
 
@@ -444,7 +452,7 @@ class FileResult:
 def animate_to_file(mesh, audio, out, checkpoint=None, fps: float | None = None, device: str = "auto",
                     start: float = 0.0, duration: float | None = None, normalize: str = "auto",
                     units: str | None = None, dtype: str = "float32", session: Session | None = None,
-                    progress=None, cancel=None) -> FileResult:
+                    progress=None, cancel=None, head_scale: float | None = None) -> FileResult:
     """`animate`, streamed: frames are written to the result file `out` (backend.result_file) in
     blocks as they are decoded; memory does not grow with the clip's length. The file appears
     (atomically) only when complete; a cancel or error leaves nothing."""
@@ -459,7 +467,7 @@ def animate_to_file(mesh, audio, out, checkpoint=None, fps: float | None = None,
 
     try:
         sink, out_fps, meta = _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units,
-                                   session, progress, cancel, make_sink, dtype=dtype)
+                                   session, progress, cancel, make_sink, dtype=dtype, head_scale=head_scale)
         if cancel is not None and cancel():
             raise Cancelled("cancelled")
         t = time.perf_counter()

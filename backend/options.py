@@ -18,6 +18,7 @@ DEVICES = ("auto", "cpu", "cuda")
 NORMALIZE = ("auto", "none")
 UNITS = ("m", "dm", "cm", "mm", "in")
 DTYPES = ("float32", "float16")
+MIN_HEAD_SCALE, MAX_HEAD_SCALE = 0.1, 10.0  # a head this many times life size, in its units
 
 
 def number(name: str, value, *, lo: float | None = None, hi: float | None = None,
@@ -65,10 +66,10 @@ def device_name(value) -> str:
 
 
 def animate_options(fps=None, start=0.0, duration=None, device="auto", normalize="auto", units=None,
-                    dtype="float32") -> dict:
+                    dtype="float32", head_scale=None) -> dict:
     """Validated keyword arguments for `animate`: fps (None = the model's native rate) in
     [1, 1000], start in [-6 h, 6 h] (negative: leading silence), duration (None = to the end) in
-    [0.1 s, 6 h], and the choices."""
+    [0.1 s, 6 h], head_scale (None = 1: life size) in [0.1, 10], and the choices."""
     out = {}
     out["fps"] = None if fps is None else number("fps", fps, lo=MIN_FPS, hi=MAX_FPS, unit="frames per second")
     out["start"] = 0.0 if start is None else number("start", start, lo=-MAX_SECONDS, hi=MAX_SECONDS, unit="s")
@@ -78,6 +79,8 @@ def animate_options(fps=None, start=0.0, duration=None, device="auto", normalize
     out["normalize"] = choice("normalize", normalize, NORMALIZE, "auto")
     out["units"] = choice("units", units, UNITS)
     out["dtype"] = choice("dtype", dtype, DTYPES, "float32")
+    out["head_scale"] = 1.0 if head_scale is None else number(
+        "head_scale", head_scale, lo=MIN_HEAD_SCALE, hi=MAX_HEAD_SCALE, unit="times life size")
     return out
 
 

@@ -30,7 +30,7 @@ def animate_request(req: dict) -> dict:
     compact_options(req.get("compact"))
     return animate_options(fps=req.get("fps"), start=req.get("start"), duration=req.get("duration"),
                            device=req.get("device"), normalize=req.get("normalize"), units=req.get("units"),
-                           dtype=req.get("dtype"))
+                           dtype=req.get("dtype"), head_scale=req.get("head_scale"))
 
 
 class Worker:
@@ -85,7 +85,8 @@ class Worker:
             result = animate_to_file(
                 req["mesh"], req["audio"], req["out"], checkpoint=req.get("checkpoint"), fps=opts["fps"],
                 device=opts["device"], start=opts["start"], duration=opts["duration"],
-                normalize=opts["normalize"], units=opts["units"], dtype=opts["dtype"], session=self.session,
+                normalize=opts["normalize"], units=opts["units"], dtype=opts["dtype"],
+                head_scale=opts["head_scale"], session=self.session,
                 progress=lambda stage, frac, msg: self.send(event="progress", id=rid, stage=stage,
                                                             fraction=round(frac, 4), message=msg),
                 cancel=lambda: rid in self.cancelled,

@@ -101,6 +101,8 @@ class SCANTALK_OT_animate(bpy.types.Operator):
     smoothing: FloatProperty(name="Smoothing", default=0.0, min=0.0, max=20.0, options={"SKIP_SAVE"})
     max_error_mm: FloatProperty(name="Max Error (mm)", default=0.1, min=0.001, max=100.0, options={"SKIP_SAVE"})
     axes: EnumProperty(name="Axes", items=AXES_ITEMS, default="AUTO", options={"SKIP_SAVE"})
+    head_scale: FloatProperty(name="Head Scale", default=1.0, min=0.1, max=10.0, options={"SKIP_SAVE"},
+                              description=DESCRIPTIONS["head_scale"])
     rig_keyset: EnumProperty(name="Keys", items=rig.KEYSET_ITEMS, default="ALL", options={"SKIP_SAVE"},
                              description=DESCRIPTIONS["rig_keyset"])
     rig_keys: StringProperty(name="Rig Keys", description=DESCRIPTIONS["rig_keys"], options={"SKIP_SAVE"})

@@ -45,6 +45,7 @@ class Settings:
     smoothing: float = 0.0
     max_error_mm: float = 0.1
     axes: str = "AUTO"
+    head_scale: float = 1.0  # the head's size in life sizes (a sculpt at 2x: 2)
     fit_frame_range: bool = True
     device: str = "auto"
     max_basis: int = 64
@@ -150,7 +151,8 @@ def prepare(context, settings: Settings) -> Prepared:
         if text:
             notices.append(text)
     fields = {"mesh": export.path, "out": os.path.join(tmp, "result.npz"), "checkpoint": ckpt or None,
-              "device": settings.device, "normalize": "auto", **audio.request_fields()}
+              "device": settings.device, "normalize": "auto", "head_scale": float(settings.head_scale),
+              **audio.request_fields()}
     if settings.mode == "COMPACT":  # the backend fits the basis; Blender receives K shapes + weights
         fields["compact"] = {"max_error_mm": float(settings.max_error_mm), "k_max": int(settings.max_basis),
                              "strength": float(settings.strength), "smoothing": float(settings.smoothing)}
@@ -201,8 +203,9 @@ def _prepare_rig(obj, settings: Settings, export, tmp: str, fields: dict) -> dic
 
 
 def metres_per_unit(meta: dict, neutral_local: np.ndarray) -> float:
-    """Size of one local unit in metres at the head's real scale: the backend's unit snap when it
-    made one, else the same snap done here (nearest of m/dm/cm/mm/in to a human head's size)."""
+    """Size of one local unit in metres at the head's real scale: the backend's unit snap over the
+    head scale when it made one, else the same snap done here (nearest of m/dm/cm/mm/in to a human
+    head's size)."""
     frame = (meta or {}).get("frame") or {}
     if frame.get("units") not in (None, "as-is") and frame.get("scale"):
         return float(frame["scale"])

@@ -24,6 +24,8 @@ DESCRIPTIONS = {
     "max_error_mm": "Compact mode: largest allowed deviation from the exact result, in millimetres "
                     "at the head's real size",
     "axes": "How the head is modelled in its local space",
+    "head_scale": "How many times life size this head is in its units (a sculpt made at 2x life size: 2): "
+                  "the model animates it at life size and scales the motion with it",
     "rig_keyset": "Rig mode: which of the mesh's shape keys to drive",
     "rig_keys": "Rig mode, List: the shape keys to drive, separated by commas",
     "rig_smooth": "Rig mode: temporal smoothness of the weights (0 = none; a weight step costs this much "
@@ -43,8 +45,8 @@ class ScanTalkSettings(bpy.types.PropertyGroup):
                                               "(never shortens it)")
 
 
-OBJECT_SETTINGS = ("checkpoint", "mode", "strength", "smoothing", "max_error_mm", "axes", "rig_keyset", "rig_keys",
-                   "rig_smooth")
+OBJECT_SETTINGS = ("checkpoint", "mode", "strength", "smoothing", "max_error_mm", "axes", "head_scale", "rig_keyset",
+                   "rig_keys", "rig_smooth")
 
 
 def _not_the_head(self, obj):
@@ -70,6 +72,8 @@ class ScanTalkObjectSettings(bpy.types.PropertyGroup):
     max_error_mm: FloatProperty(name="Max Error (mm)", default=0.1, min=0.001, soft_max=1.0, max=100.0,
                                 precision=3, description=DESCRIPTIONS["max_error_mm"])
     axes: EnumProperty(name="Axes", items=AXES_ITEMS, default="AUTO", description=DESCRIPTIONS["axes"])
+    head_scale: FloatProperty(name="Head Scale", default=1.0, min=0.1, max=10.0, soft_min=0.25, soft_max=4.0,
+                              description=DESCRIPTIONS["head_scale"])
     rig_keyset: EnumProperty(name="Keys", items=KEYSET_ITEMS, default="ALL", description=DESCRIPTIONS["rig_keyset"])
     rig_keys: StringProperty(name="Rig Keys", description=DESCRIPTIONS["rig_keys"])
     rig_smooth: FloatProperty(name="Rig Smoothness", default=0.001, min=0.0, soft_max=0.1, max=100.0, precision=4,

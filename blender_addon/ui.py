@@ -62,6 +62,7 @@ class VIEW3D_PT_scantalk(bpy.types.Panel):
             col.prop(ob, "strength")
             col.prop(ob, "smoothing")
             col.prop(ob, "axes")
+            col.prop(ob, "head_scale")
 
         run = runtime.active
         if run is not None:

@@ -83,6 +83,35 @@ def test_units_and_placement_round_trip(tmp_path, flame_mesh):
     assert np.abs(metres.offsets - _expected_offsets(flame_mesh)).max() < 1e-4
 
 
+def test_head_scale_moves_a_larger_than_life_head_in_proportion(tmp_path, flame_mesh):
+    """A head sculpted at 2x life size (in metres or mm), with head_scale 2, gets exactly twice the
+    life-size head's motion: the model sees the same head at life size."""
+    v, f = flame_mesh
+    ckpt = shared_path(*FIX, "official_format_tiny.pth.tar")
+    audio = shared_path(*FIX, "speech_16k.wav")
+    session = Session(cache_dir=tmp_path)
+    life = animate((v, f), audio, checkpoint=ckpt, session=session)
+    big = animate((v * 2 + [0.1, 0, 0], f), audio, checkpoint=ckpt, session=session, head_scale=2)
+    big_mm = animate((v * 2000, f), audio, checkpoint=ckpt, session=session, head_scale="2")
+    assert big.meta["frame"]["head_scale"] == 2.0 and big.meta["frame"]["scale"] == 0.5
+    assert big_mm.meta["frame"]["units"] == "mm" and big_mm.meta["frame"]["scale"] == pytest.approx(5e-4)
+    assert np.abs(big.offsets / 2 - life.offsets).max() < 2e-6
+    assert np.abs(big_mm.offsets / 2000 - life.offsets).max() < 2e-5
+    unscaled = animate((v * 2, f), audio, checkpoint=ckpt, session=session)  # the model sees 2x
+    assert np.abs(unscaled.offsets / 2 - life.offsets).max() > 1e-4
+
+
+def test_fit_frame_head_scale():
+    verts = np.array([[0, 0, 0], [10, 20, 30.0]])
+    frame = fit_frame(verts, (1, 2, 3), 0.37, units="cm", head_scale=2.0)
+    np.testing.assert_allclose(frame.to_model(np.array([[5, 10, 15.0], [7, 10, 15.0]])), [[1, 2, 3], [1.01, 2, 3]])
+    np.testing.assert_allclose(frame.offsets_from_model(np.array([0.01], np.float32)), [2.0])  # 1 cm at life size
+    assert frame.to_dict()["head_scale"] == 2.0
+    assert fit_frame(verts, (1, 2, 3), 0.37, mode="none", head_scale=4.0).scale == 0.25
+    with pytest.raises(ValueError, match="head_scale"):
+        fit_frame(verts, (1, 2, 3), 0.37, head_scale=0.0)
+
+
 def test_guess_units():
     assert guess_units(0.44, 0.44) == "m"
     assert guess_units(44.0, 0.44) == "cm"
@@ -270,6 +299,12 @@ def test_input_warnings_for_odd_sizes_and_huge_meshes():
     assert input_warnings(head, 0.44, 5000) == []
     diag = np.linalg.norm(head[1])
     assert "3.4x the size" in input_warnings(head * 3.4 * 0.44 / diag, 0.44, 5000)[0]
+    # past the largest training head (1.5x the mean): a larger-than-life head, told what to set
+    assert input_warnings(head * 1.5 * 0.44 / diag, 0.44, 5000) == []
+    big = input_warnings(head * 1.8 * 0.44 / diag, 0.44, 5000)
+    assert len(big) == 1 and "1.8x the size" in big[0] and "larger than life" in big[0]
+    assert "--head-scale" in big[0]
+    assert "smaller than life" in input_warnings(head * 0.45 * 0.44 / diag, 0.44, 5000)[0]
     assert "decimated" in input_warnings(head, 0.44, 200_000)[0]
 
 
@@ -299,6 +334,8 @@ BAD_OPTIONS = [
     ({"duration": float("inf")}, "finite"), ({"duration": 1e7}, "duration must be at most"),
     ({"device": "gpu"}, "device must be one of"), ({"normalize": "yes"}, "normalize must be one of"),
     ({"units": "km"}, "units must be one of"), ({"dtype": "int8"}, "dtype must be one of"),
+    ({"head_scale": 0}, "head_scale must be at least 0.1"), ({"head_scale": 20}, "head_scale must be at most 10"),
+    ({"head_scale": "big"}, "head_scale must be a number"),
 ]
 
 
@@ -316,7 +353,8 @@ def test_animate_options_accept_good_values():
 
     o = animate_options(fps="24", start=-1.5, duration=3, device="cuda:1", units="mm", dtype="float16")
     assert o == {"fps": 24.0, "start": -1.5, "duration": 3.0, "device": "cuda:1", "normalize": "auto",
-                 "units": "mm", "dtype": "float16"}
+                 "units": "mm", "dtype": "float16", "head_scale": 1.0}
+    assert animate_options(head_scale="2.5")["head_scale"] == 2.5
     assert animate_options()["fps"] is None  # None: the model's native rate
 
 
@@ -324,7 +362,7 @@ def test_animate_options_accept_good_values():
     (["--fps", "-5"], "fps must be at least 1"), (["--fps", "0"], "fps must be at least 1"),
     (["--fps", "nan"], "finite"), (["--fps", "1e6"], "at most 1000"),
     (["--start", "inf"], "finite"), (["--duration", "0"], "duration must be at least"),
-    (["--duration", "-3"], "duration must be at least"),
+    (["--duration", "-3"], "duration must be at least"), (["--head-scale", "0"], "head_scale must be at least"),
 ])
 def test_cli_refuses_bad_numbers_with_exit_code_2(tmp_path, env, args, msg):
     cmd = [sys.executable, "-m", "backend", "animate", "--mesh", "m.obj", "--audio", "a.wav",

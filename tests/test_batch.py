@@ -68,11 +68,35 @@ def test_batch_with_a_bad_row_then_resume(setup):
     # the fixed manifest (JSON lines) finishes with exit code 0; bad numbers are a failed row
     manifest = data / "rows.jsonl"
     manifest.write_text('{"mesh": "a.npz", "audio": "voice.wav", "out": "first"}\n# a comment\n\n'
-                        '{"mesh": "a.npz", "audio": "voice.wav", "fps": -5}\n')
+                        '{"mesh": "a.npz", "audio": "voice.wav", "fps": -5}\n'
+                        '{"mesh": "a.npz", "audio": "voice.wav", "head_scale": 20}\n'
+                        '{"mesh": "a.npz", "audio": "voice.wav", "head_scale": 2, "out": "twice"}\n')
     p = _batch(manifest, out, ckpt, env)
     assert p.returncode == 1
     summary = json.loads((out / "batch_summary.json").read_text())
-    assert summary["skipped"] == 1 and "fps must be at least 1" in summary["failures"][0]["error"]
+    assert summary["skipped"] == 1 and summary["done"] == 1
+    errors = [f["error"] for f in summary["failures"]]
+    assert "fps must be at least 1" in errors[0] and "head_scale must be at most 10" in errors[1]
+    with open_result(out / "twice.npz") as r, open_result(out / "first.npz") as first:
+        assert r.meta["frame"]["head_scale"] == 2.0
+        # the same head said to be twice life size: the model sees half of it, motion comes back 2x
+        assert not np.allclose(r.frames(0, 5), first.frames(0, 5))
+
+
+def test_default_head_scale_keeps_output_names(tmp_path):
+    """Rows that do not set head_scale are named as before the option existed, so a batch begun
+    with an older version resumes instead of starting over."""
+    import hashlib
+
+    from backend.batch import plan
+    from backend.options import animate_options
+
+    (tmp_path / "rows.csv").write_text("mesh,audio\na.npz,voice.wav\n")
+    row = plan(tmp_path / "rows.csv", tmp_path / "out", {"checkpoint": "c.pt"})[0]
+    old = animate_options()
+    old.pop("device"), old.pop("head_scale")
+    key = json.dumps([str(tmp_path / "a.npz"), str(tmp_path / "voice.wav"), "c.pt", old], sort_keys=True)
+    assert row.out == str(tmp_path / "out" / f"a_voice_{hashlib.sha1(key.encode()).hexdigest()[:8]}.npz")
 
 
 def test_batch_manifest_errors_exit_2(setup):

@@ -137,9 +137,12 @@ def test_audio_file_end_to_end(e2e, scene):
     assert tag["frame_start"] == 7 and tag["frames"] == ref.shape[0]
     check_motion(obj, before_eval, ref, 7, tol=1e-5)
     H.assert_same_user_data(before, H.snapshot(obj))
-    # re-run in Compact replaces ours only; clear leaves the user's data exactly as it was
+    # re-run in Compact replaces ours only; clear leaves the user's data exactly as it was. The
+    # head said to be twice life size reaches the backend: its metre is half a life-size one
+    obj.scantalk.head_scale = 2.0
     assert bpy.ops.scantalk.animate(audio_path=str(WAV), mode="COMPACT", checkpoint=e2e) == {"FINISHED"}
-    assert importlib.import_module(PKG + ".writeback").result_info(obj)["mode"] == "COMPACT"
+    tag = importlib.import_module(PKG + ".writeback").result_info(obj)
+    assert tag["mode"] == "COMPACT" and tag["metres_per_unit"] == 0.5
     assert bpy.ops.scantalk.clear() == {"FINISHED"}
     H.assert_same_user_data(before, H.snapshot(obj))
     assert not [k for k in obj.data.shape_keys.key_blocks if k.name.startswith("ST_")]

@@ -141,14 +141,15 @@ def test_settings_live_on_each_object(scene, addon):
     pipeline = importlib.import_module(PKG + ".pipeline")
     a, b = H.sphere_head("A", subdiv=1), H.sphere_head("B", subdiv=1)
     a.scantalk.mode, a.scantalk.strength, a.scantalk.axes = "EXACT", 0.5, "Y_UP"
-    b.scantalk.smoothing, b.scantalk.checkpoint = 2.0, "//b.pt"
-    for obj, want in ((a, ("EXACT", 0.5, 0.0, "Y_UP", "")), (b, ("COMPACT", 1.0, 2.0, "AUTO", "//b.pt"))):
+    b.scantalk.smoothing, b.scantalk.checkpoint, b.scantalk.head_scale = 2.0, "//b.pt", 1.8
+    for obj, want in ((a, ("EXACT", 0.5, 0.0, "Y_UP", "", 1.0)), (b, ("COMPACT", 1.0, 2.0, "AUTO", "//b.pt", 1.8))):
         bpy.context.view_layer.objects.active = obj
         s = pipeline.Settings.gather(bpy.context)
-        assert (s.mode, s.strength, s.smoothing, s.axes, s.checkpoint) == want, obj.name
+        assert (s.mode, s.strength, s.smoothing, s.axes, s.checkpoint, round(s.head_scale, 5)) == want, obj.name
         lay = draw_panel()
         props = [(a_[0], a_[1]) for n, a_, kw in lay.calls if n == "prop"]
         assert (obj.scantalk, "mode") in props  # the panel edits this object's own settings
+        assert (obj.scantalk, "head_scale") in props
 
 
 def test_animate_and_remove_are_one_undo_step_each(scene, addon):
