@@ -12,7 +12,7 @@ from . import backend_env, pipeline, prefs, rig, runtime, writeback
 from .backend_env import BackendNotFound
 from .job import BACKEND_SHARE, CANCELLED, DONE, RUNNING, STAGE_LABELS, AnimateJob, esc_cancels
 from .mesh_export import AXES_ITEMS
-from .properties import DESCRIPTIONS
+from .properties import DESCRIPTIONS, RELATIVE_PATH
 from .worker_client import WorkerError
 
 
@@ -93,9 +93,9 @@ class SCANTALK_OT_animate(bpy.types.Operator):
 
     strip: StringProperty(name="Strip", description=DESCRIPTIONS["strip"], options={"SKIP_SAVE"})
     audio_path: StringProperty(name="Audio File", description=DESCRIPTIONS["audio_path"], subtype="FILE_PATH",
-                               options={"SKIP_SAVE"})
+                               options={"SKIP_SAVE"} | RELATIVE_PATH)
     checkpoint: StringProperty(name="Checkpoint", description=DESCRIPTIONS["checkpoint"], subtype="FILE_PATH",
-                               options={"SKIP_SAVE"})
+                               options={"SKIP_SAVE"} | RELATIVE_PATH)
     mode: EnumProperty(name="Mode", items=writeback.MODE_ITEMS, default="COMPACT", options={"SKIP_SAVE"})
     strength: FloatProperty(name="Strength", default=1.0, min=0.0, max=10.0, options={"SKIP_SAVE"})
     smoothing: FloatProperty(name="Smoothing", default=0.0, min=0.0, max=20.0, options={"SKIP_SAVE"})

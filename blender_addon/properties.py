@@ -13,6 +13,10 @@ SOURCE_ITEMS = [
     ("FILE", "Audio File", "Use an audio file; the animation starts at the scene's start frame"),
 ]
 
+# "//" paths (next to the .blend) are resolved with bpy.path.abspath; Blender 4.5+ warns on every
+# such value unless the property says it takes them (4.2 has no such option).
+RELATIVE_PATH = {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 5, 0) else set()
+
 # Shared by the panel settings and the operator's script properties (same names, same meaning).
 DESCRIPTIONS = {
     "strip": "Sound strip to animate from (empty: the only / first unmuted sound strip)",
@@ -39,7 +43,8 @@ class ScanTalkSettings(bpy.types.PropertyGroup):
 
     source: EnumProperty(name="Audio", items=SOURCE_ITEMS, default="STRIP")
     strip: StringProperty(name="Strip", description=DESCRIPTIONS["strip"])
-    audio_path: StringProperty(name="Audio File", description=DESCRIPTIONS["audio_path"], subtype="FILE_PATH")
+    audio_path: StringProperty(name="Audio File", description=DESCRIPTIONS["audio_path"], subtype="FILE_PATH",
+                               options=RELATIVE_PATH)
     fit_frame_range: BoolProperty(name="Extend Frame Range", default=True,
                                   description="Extend the scene's end frame to the end of the animation "
                                               "(never shortens it)")
@@ -63,7 +68,8 @@ class ScanTalkCompanion(bpy.types.PropertyGroup):
 class ScanTalkObjectSettings(bpy.types.PropertyGroup):
     """Per object: how this head is animated."""
 
-    checkpoint: StringProperty(name="Checkpoint", description=DESCRIPTIONS["checkpoint"], subtype="FILE_PATH")
+    checkpoint: StringProperty(name="Checkpoint", description=DESCRIPTIONS["checkpoint"], subtype="FILE_PATH",
+                               options=RELATIVE_PATH)
     mode: EnumProperty(name="Mode", items=MODE_ITEMS, default="COMPACT", description=DESCRIPTIONS["mode"])
     strength: FloatProperty(name="Strength", default=1.0, min=0.0, soft_max=2.0, max=10.0,
                             description=DESCRIPTIONS["strength"])

@@ -152,6 +152,24 @@ def test_settings_live_on_each_object(scene, addon):
         assert (obj.scantalk, "head_scale") in props
 
 
+def test_path_settings_take_blend_relative_paths(scene, addon):
+    """"//" paths are how a .blend keeps its audio and checkpoint next to it: Blender 4.5+ warns on
+    each unless the property declares it takes them."""
+    import warnings
+
+    obj = H.sphere_head("A", subdiv=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        obj.scantalk.checkpoint = "//models/head.pt"
+        bpy.context.scene.scantalk.audio_path = "//voice.wav"
+    assert obj.scantalk.checkpoint == "//models/head.pt"
+    if bpy.app.version >= (4, 5, 0):
+        op = bpy.ops.scantalk.animate.get_rna_type()
+        for rna, name in ((obj.scantalk.bl_rna, "checkpoint"), (bpy.context.scene.scantalk.bl_rna, "audio_path"),
+                          (op, "checkpoint"), (op, "audio_path")):
+            assert rna.properties[name].is_path_supports_blend_relative, name
+
+
 def test_animate_and_remove_are_one_undo_step_each(scene, addon):
     """Ctrl+Z after Animate: the operator declares UNDO and finishes once (the modal returns FINISHED
     only after the write), so Blender pushes one undo step holding the whole result. bpy from PyPI
