@@ -235,6 +235,7 @@ class Computed:
     extra: dict
     rig: rig.RigResult | None = None
     jaw: np.ndarray | None = None  # Rig mode with companions: [T,4,4] head-local jaw transforms
+    warnings: list = field(default_factory=list)  # the backend's, for the user (a head far off life size)
 
 
 def _compute_rig(prep: Prepared, result: dict) -> Computed:
@@ -270,7 +271,8 @@ def _compute_rig(prep: Prepared, result: dict) -> Computed:
         "fit": {k: fit.report.get(k) for k in ("lips_mean_mm", "lips_max_mm", "face_mean_mm", "face_max_mm",
                                                "lips_explained", "lips_from")},
     }
-    return Computed(plan=None, metres_per_unit=mpu, extra=extra, rig=fit, jaw=jaw)
+    return Computed(plan=None, metres_per_unit=mpu, extra=extra, rig=fit, jaw=jaw,
+                    warnings=list(meta.get("warnings") or []))
 
 
 def compute(prep: Prepared, result: dict) -> Computed:
@@ -303,7 +305,7 @@ def compute(prep: Prepared, result: dict) -> Computed:
         "checkpoint": prep.fields.get("checkpoint") or "bundled", "metres_per_unit": mpu,
         "device": result.get("device") or meta.get("device"), "model": meta.get("model"),
     }
-    return Computed(plan=plan, metres_per_unit=mpu, extra=extra)
+    return Computed(plan=plan, metres_per_unit=mpu, extra=extra, warnings=list(meta.get("warnings") or []))
 
 
 def _compact_plan(prep: Prepared, r) -> tuple[basis.Plan, float]:
@@ -370,6 +372,7 @@ def write(context, prep: Prepared, computed: Computed, timings: dict | None = No
     if obj is None:
         raise PipelineError(f"Object '{prep.object_name}' was deleted while it was being animated.")
     scene = bpy.data.scenes.get(prep.scene_name) or context.scene
+    prep.warnings.extend(computed.warnings)  # reported with the summary once the write succeeds
     if obj.mode == "EDIT":  # keys written in edit mode would be overwritten when it is left
         obj.update_from_editmode()
         if context.view_layer.objects.active == obj and bpy.ops.object.mode_set.poll():

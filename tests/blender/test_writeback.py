@@ -240,3 +240,22 @@ def test_modifiers_and_object_transform_do_not_matter(scene, wb):
     obj.modifiers.clear()
     base = H.coords(obj)
     assert np.allclose(H.evaluated(obj, 3) - base, off[2], atol=1e-6)
+
+
+def test_the_backends_warnings_reach_the_user(scene, wb):
+    """A note in the result's meta (a head far from life size: set Head Scale) is reported with the
+    summary, like the add-on's own warnings."""
+    import json
+
+    pipeline = importlib.import_module(PKG + ".pipeline")
+    obj = H.test_head("Head")
+    note = "the mesh is 2.0x the size of the heads this model was trained on ... Head Scale in the add-on"
+    prep = pipeline.prepare(bpy.context, pipeline.Settings(mode="EXACT", audio_path=str(H.DEMO_VOICE)))
+    try:
+        T, V = 5, len(obj.data.vertices)
+        np.savez(prep.fields["out"], offsets=np.zeros((T, V, 3), np.float32), fps=np.float64(prep.audio.fps),
+                 meta=np.array(json.dumps({"frame": {"units": "m", "scale": 1.0}, "warnings": [note]})))
+        summary = pipeline.write(bpy.context, prep, pipeline.compute(prep, {"out": prep.fields["out"]}))
+    finally:
+        prep.cleanup()
+    assert "Animated 'Head'" in summary and note in prep.warnings
