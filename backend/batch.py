@@ -12,9 +12,9 @@ summaries are gathered with `all_gather_object` at the end (which is also the fi
 
 Manifest: CSV with a header row, or JSON lines (one object per line; blank lines and lines
 starting with `#` are skipped). Columns/keys: `mesh`, `audio` (required), and optionally `out`,
-`checkpoint`, `fps`, `start`, `duration`, `normalize`, `units`, `dtype`, `head_scale`; an empty cell means the
-command-line default. Relative `mesh`/`audio`/`checkpoint` paths are relative to the manifest's
-folder, `out` to the output folder. Without `out` a row writes
+`checkpoint`, `fps`, `start`, `duration`, `normalize`, `units`, `dtype`, `head_scale`; an empty
+cell means the command-line default. Relative `mesh`/`audio`/`checkpoint` paths are relative to
+the manifest's folder, `out` to the output folder. Without `out` a row writes
 `<mesh stem>_<audio stem>_<8 hex of the row's inputs>.npz`, so editing a row's options makes a
 new output instead of silently reusing the old one. Format: docs/protocol.md.
 """
