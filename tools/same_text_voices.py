@@ -22,16 +22,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.audio_io import load_audio  # noqa: E402
-from backend.inference import Session, animate, resolve_checkpoint  # noqa: E402
-from training.articulation import (HEADS, align, load_indices, measure_clip, mesh_in_metres,  # noqa: E402
+from backend.inference import Session  # noqa: E402
+from training.articulation import (HEADS, TalkingHead, align, load_indices, measure_clip,  # noqa: E402
                                    speech_dir_audios, summarise)
-from training.lip_geometry import inner_lip  # noqa: E402
 from training.synth.tts import TTSError, Voice, synthesize  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -78,20 +76,16 @@ def main(argv=None) -> None:
     audios = [x for x in speech_dir_audios(a.speech_dir) if x[2]]
     if not audios:
         raise SystemExit(f"no transcribed recordings in {a.speech_dir} (it needs a `transcription` file)")
-    session = Session()
-    model, _ = session.model(resolve_checkpoint(a.checkpoint), torch.device("cpu"))
+    session = Session()  # one warm model for every head
     for head in a.heads.split(","):
         h = HEADS[head]
-        verts, faces, _ = mesh_in_metres(h.mesh, h.fit_size, model.cfg.frame_size)
         lips, upper = load_indices(h.lips), load_indices(h.upper)
-        lip = inner_lip(verts, faces, lips)
+        talker = TalkingHead(h.mesh, lips, h.fit_size, a.checkpoint, session=session)
 
         def measure(name, samples):
             """Animate once; the returned function measures that animation under given phones."""
-            res = animate((verts, faces), samples, checkpoint=a.checkpoint, device="cpu", session=session,
-                          units="m")  # mesh_in_metres has converted them
-            seq = verts[None] + res.offsets.astype(np.float64)
-            return lambda ph: measure_clip(name, seq, verts, lip, ph, res.fps, lips=lips,
+            seq, fps = talker.speak(samples)
+            return lambda ph: measure_clip(name, seq, talker.verts, talker.lip, ph, fps, lips=lips,
                                            upper=upper, samples=samples)
 
         real = {"aligned": [], "aligned-noAH": []}

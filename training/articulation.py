@@ -378,18 +378,38 @@ def mesh_in_metres(mesh_path, fit_size: float | None, reference_size: float, siz
     return verts * scale, faces, scale
 
 
+class TalkingHead:
+    """A head in metres (mesh_in_metres, against the model's training size) with its inner lip,
+    and a warm model to animate it: what report_model and tools/same_text_voices share."""
+
+    def __init__(self, mesh, lips, fit_size=None, checkpoint=None, device="cpu", size_factor=1.0,
+                 session=None):
+        import torch
+
+        from backend.inference import Session, resolve_checkpoint
+
+        self.checkpoint, self.device, self.session = checkpoint, device, session or Session()
+        model, _ = self.session.model(resolve_checkpoint(checkpoint), torch.device(device))
+        self.verts, self.faces, _ = mesh_in_metres(mesh, fit_size, model.cfg.frame_size, size_factor)
+        self.lip = inner_lip(self.verts, self.faces, lips)
+
+    def speak(self, samples: np.ndarray) -> tuple[np.ndarray, float]:
+        """(vertex positions [T, V, 3] in metres, fps) of the head speaking 16 kHz `samples`."""
+        from backend.inference import animate
+
+        # verts are in metres already: a snap here would undo a large size_factor (FLAME at 3x
+        # is nearer the training heads in dm) and report another size than the one asked for
+        res = animate((self.verts, self.faces), samples, checkpoint=self.checkpoint, device=self.device,
+                      session=self.session, units="m")
+        return self.verts[None] + res.offsets.astype(np.float64), res.fps
+
+
 def report_model(mesh, lips, audios, out_dir, upper=None, checkpoint=None, fit_size=None,
                  device="cpu", plots=True, size_factor=1.0) -> dict:
     """Animate `mesh` with each (name, wav_path, transcript or None) and report."""
     from backend.audio_io import load_audio
-    import torch
 
-    from backend.inference import Session, animate, resolve_checkpoint
-
-    session = Session()
-    model, _ = session.model(resolve_checkpoint(checkpoint), torch.device(device))
-    verts, faces, _ = mesh_in_metres(mesh, fit_size, model.cfg.frame_size, size_factor)
-    lip = inner_lip(verts, faces, lips)
+    head = TalkingHead(mesh, lips, fit_size, checkpoint, device, size_factor)
     reports, clips, skipped = [], {}, {}
     for name, wav, text in audios:
         samples = load_audio(wav)
@@ -399,12 +419,8 @@ def report_model(mesh, lips, audios, out_dir, upper=None, checkpoint=None, fit_s
             print(f"{name}: skipped, {exc}", file=sys.stderr)
             skipped[name] = str(exc)
             continue
-        # verts are in metres already: a snap here would undo a large size_factor (FLAME at 3x
-        # is nearer the training heads in dm) and report another size than the one asked for
-        res = animate((verts, faces), samples, checkpoint=checkpoint, device=device, session=session,
-                      units="m")
-        seq = verts[None] + res.offsets.astype(np.float64)  # offsets come back in the input's units (m)
-        rep = measure_clip(name, seq, verts, lip, phones, res.fps, lips=lips, upper=upper,
+        seq, fps = head.speak(samples)
+        rep = measure_clip(name, seq, head.verts, head.lip, phones, fps, lips=lips, upper=upper,
                            samples=samples)
         reports.append(rep)
         clips[name] = rep.summary() | {"transcript": words}
@@ -412,7 +428,7 @@ def report_model(mesh, lips, audios, out_dir, upper=None, checkpoint=None, fit_s
             plot_clip(rep, Path(out_dir) / f"{name}.png", samples)
     if not reports:
         raise ValueError(f"pocketsphinx aligned none of the {len(skipped)} recordings: {skipped}")
-    return {"mesh": str(mesh), "inner_lip": lip.method, "checkpoint": str(checkpoint or "default"),
+    return {"mesh": str(mesh), "inner_lip": head.lip.method, "checkpoint": str(checkpoint or "default"),
             "size_factor": size_factor, "pooled": summarise(reports), "clips": clips, "skipped": skipped}
 
 
