@@ -273,6 +273,50 @@ def test_train_steps_reduce_loss_checkpoints_resume_predict(dataset, tmp_path):
     assert np.allclose(b[0], test.subject_of(clip).template_vertices, atol=1e-6)
 
 
+def test_weight_average_update_apply_and_restore():
+    from training.weight_average import WeightAverage
+
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0), model.bias.fill_(0.0)
+    avg = WeightAverage(model, 0.9)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    avg.update(model, step=1)  # warm-up: decay min(0.9, 2/11)
+    d = 2 / 11
+    assert torch.allclose(avg.shadow["weight"], torch.full((1, 2), d * 1.0 + (1 - d) * 3.0))
+    assert avg.rate(10**6) == 0.9
+    with avg.applied(model):
+        assert torch.allclose(model.weight, avg.shadow["weight"])
+    assert torch.equal(model.weight, torch.full((1, 2), 3.0))  # its own weights are back
+    with pytest.raises(KeyError, match="do not match"):
+        avg.load_state_dict({"weight": torch.zeros(1, 2)})
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, 1.0)
+
+
+def test_train_with_a_weight_average_saves_it_and_resumes_it(dataset, tmp_path):
+    """train.ema_decay: best.pt and last.pt hold the average (validated as such), last.pt also the
+    optimised weights; stopping and resuming gives the same average as running straight through."""
+    from backend.checkpoint import load_model, read_file
+    from training import train
+
+    args = ["train.ema_decay=0.8", "train.val_every=3", "train.seed=3"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train.train(load_config(None, tiny_cfg(dataset, straight, *args, "train.steps=6")))
+    train.train(load_config(None, tiny_cfg(dataset, split, *args, "train.steps=3")))
+    train.train(load_config(None, tiny_cfg(dataset, split, *args, "train.steps=6")), resume="auto")
+    a, b = read_file(straight / "last.pt"), read_file(split / "last.pt")
+    assert set(a["train_model"]) == set(a["model"])
+    moved = [k for k in a["model"] if not torch.equal(a["model"][k], a["train_model"][k])]
+    assert moved, "the average is the last weights"
+    for key in ("model", "train_model"):
+        for k in a[key]:
+            assert torch.allclose(a[key][k], b[key][k], atol=1e-6), (key, k)
+    assert "train_model" not in read_file(straight / "best.pt")
+    load_model(straight / "last.pt")  # the backend loads the average as any model
+
+
 def test_resume_refuses_another_model(dataset, tmp_path):
     from training import train
 

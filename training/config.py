@@ -112,6 +112,9 @@ class TrainSection:
     audio_pretrain_steps: int = 0
     audio_pretrain_lr: float = 5e-4
     audio_lr_scale: float = 1.0  # joint training: the audio path's (and viseme head's) lr multiplier
+    # > 0: validate and save a moving average of the weights over the last ~1/(1 - ema_decay) joint
+    # steps (training/weight_average.py); last.pt keeps the optimised weights for --resume.
+    ema_decay: float = 0.0
     val_every: int = 500
     log_every: int = 25
     seed: int = 0

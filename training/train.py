@@ -30,7 +30,9 @@ template's are computed once.
 Output folder (`train.out_dir`): `last.pt` (weights, optimizer, step: `--resume` continues from it),
 `best.pt` (lowest validation loss; weights and config only, loadable by the backend), `tb/`
 (TensorBoard), `config.toml`-equivalent `train_config.json`, and under DDP `replica_check.json`
-(a hash of every rank's final weights: they must be identical).
+(a hash of every rank's final weights: they must be identical). With `train.ema_decay` both
+files' weights are the moving average (validated as such) and last.pt also keeps the optimised
+weights (`train_model`) for --resume.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ import os
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -62,6 +65,7 @@ from training.config import ConfigError, TrainConfig, load_config
 from training.datasets import Clip, DatasetError, DatasetListing, check_clip, read_clips, read_dataset
 from training.lip_geometry import inner_lip
 from training.losses import GapInputs, LossWeights, closure_gap_error, compute_losses, lip_gap
+from training.weight_average import WeightAverage
 
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
 warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
@@ -569,11 +573,14 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         groups = [{"params": params}]
     opt = torch.optim.Adam(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     step, best_val, elapsed_before = 0, float("inf"), 0.0
+    saved_average = None
     if resume:
         path = out / "last.pt" if resume == "auto" else Path(resume)
         data = read_file(path)
         check_model_config(str(path), data.get("config"), mcfg, "resume")
-        model.load_state_dict(data["model"])
+        # a run that averaged saved the average as its model and the optimised weights beside it
+        model.load_state_dict(data.get("train_model", data["model"]))
+        saved_average = data["model"] if "train_model" in data else None
         heads = data.get("aux_heads", {})
         if (phone_head is None) != ("phone" not in heads):
             raise ConfigError(f"{path} was trained {'with' if 'phone' in heads else 'without'} the viseme head "
@@ -589,6 +596,11 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             # and keeping it would stop best.pt from ever being written in this run.
             best_val = float("inf")
             log("the loss weights differ from the checkpoint's: best.pt is chosen afresh in this run")
+    average = None
+    if tc.ema_decay > 0:
+        average = WeightAverage(model, tc.ema_decay)
+        if saved_average is not None:
+            average.load_state_dict(saved_average)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params:,} parameters ({mcfg.audio.get('kind')} audio encoder, width {mcfg.width}, "
         f"{mcfg.n_blocks} blocks, k_eig {mcfg.k_eig})" + ("" if phone_head is None else " + viseme head"))
@@ -621,7 +633,14 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             extra["optimizer"] = opt.state_dict()
             if phone_head is not None:
                 extra["aux_heads"] = {"phone": phone_head.state_dict()}
-        save_model(path, model, **extra)
+            if average is not None:  # what --resume goes on optimising
+                extra["train_model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        with averaged():
+            save_model(path, model, **extra)
+
+    def averaged():
+        """The model holds the weight average inside the block (when the run keeps one)."""
+        return average.applied(model) if average is not None else nullcontext()
 
     # ---- loop
     n = len(train_clips)
@@ -650,6 +669,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
         opt.step()
         step += 1
+        if average is not None:
+            average.update(model, step)
 
         for key, v in terms.items():
             v = float(v.detach())
@@ -679,7 +700,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                 over = elapsed_before + time.time() - t_start > tc.max_minutes * 60
                 stop = all_sum(d, [float(over)])[0] > 0  # every rank stops at the same step
         if val_clips and (step % tc.val_every == 0 or step == tc.steps or stop):
-            val = validate(model, val_clips, shapes, store, cfg, weights, d, device, phones, phone_head)
+            with averaged():
+                val = validate(model, val_clips, shapes, store, cfg, weights, d, device, phones, phone_head)
             last_val = val
             if writer is not None:
                 for key, v in val.items():
