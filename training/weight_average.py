@@ -2,9 +2,10 @@
 
 One checkpoint of a run is one sample of where the optimiser wanders at the end: on real speech,
 version 11's weights at step 2,400 and at step 3,000 differ by as much as version 11 and version 4
-(LibriVox bilabials 1.45 against 1.91 mm). The average over the last ~1/(1 - decay) steps is a
-steadier thing to judge and to ship. The trainer optimises the model's own weights, and validates
-and saves the average.
+(LibriVox bilabials 1.45 against 1.91 mm). The average over the last ~1/(1 - decay) steps should
+be a steadier thing to judge and to ship; not yet measured in training (a mean of three of v11b's
+checkpoints afterwards widened the studio prompts' bilabials: see the model card). The trainer
+optimises the model's own weights, and validates and saves the average.
 """
 from __future__ import annotations
 
