@@ -624,6 +624,10 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
 
         bar = tqdm(total=tc.steps, initial=step, desc="train", dynamic_ncols=True)
 
+    def averaged():
+        """The model holds the weight average inside the block (when the run keeps one)."""
+        return average.applied(model) if average is not None else nullcontext()
+
     def checkpoint(path: Path, with_optimizer: bool, val=None):
         extra = dict(step=step, best_val=best_val, elapsed_s=elapsed_before + time.time() - t_start,
                      train_config=cfg.to_dict())
@@ -637,10 +641,6 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                 extra["train_model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         with averaged():
             save_model(path, model, **extra)
-
-    def averaged():
-        """The model holds the weight average inside the block (when the run keeps one)."""
-        return average.applied(model) if average is not None else nullcontext()
 
     # ---- loop
     n = len(train_clips)
