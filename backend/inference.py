@@ -84,6 +84,11 @@ class Session:
     """Warm state across requests: loaded models and operators on device (small LRU caches)."""
 
     def __init__(self, cache_dir=None, max_models: int = 2, max_shapes: int = 4):
+        # Heat diffusion leaves spectral coefficients below float32's normal range, and CPUs
+        # compute on such subnormals many times slower: a head a third smaller in the model's
+        # frame (head_scale 1.5) decoded 1.5x slower. Flushed to zero, both run at the same speed;
+        # the change in the offsets is below 1e-38.
+        torch.set_flush_denormal(True)
         self.cache_dir = cache_dir
         self._models: OrderedDict = OrderedDict()
         self._ops: OrderedDict = OrderedDict()
