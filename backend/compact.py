@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .errors import Cancelled, ScanTalkError
+from .framing import metres_per_unit
 from .result_file import open_result
 
 OVERSAMPLE = 16
@@ -61,15 +62,6 @@ def smooth_time(x: np.ndarray, sigma: float) -> np.ndarray:
     for j, w in enumerate(k):
         out += w * x[idx[j:j + T]]
     return out
-
-
-def metres_per_unit(meta: dict) -> float:
-    """The result's unit in metres at life size: the backend's unit snap over the head scale
-    (meta.frame.scale), so a head made at 2x keeps its tolerances in proportion; metres when as-is."""
-    frame = (meta or {}).get("frame") or {}
-    if frame.get("units") not in (None, "as-is") and frame.get("scale"):
-        return float(frame["scale"])
-    return 1.0
 
 
 def _vertex_error(R: torch.Tensor, limit: float | None) -> float:
@@ -102,7 +94,7 @@ def compact_result_file(path, max_error_mm: float = 0.1, k_max: int = 64, streng
             raise CompactError(f"{path} already holds a Compact basis")
         T, V = r.n_frames, r.n_vertices
         N = 3 * V
-        mpu = float(metres_per_unit_override or metres_per_unit(r.meta))
+        mpu = float(metres_per_unit_override or metres_per_unit((r.meta or {}).get("frame")))
         tol = float(max_error_mm) / 1000.0 / mpu
         step = max(1, int(chunk_bytes // max(1, N * 4)))
         bounds = [(a, min(T, a + step)) for a in range(0, T, step)]

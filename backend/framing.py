@@ -38,6 +38,14 @@ class Frame:
                 "units": self.units, "head_scale": self.head_scale}
 
 
+def metres_per_unit(frame: dict | None) -> float:
+    """A result's unit in metres at life size, from its meta's frame (Frame.to_dict): the unit
+    over the head scale, so tolerances in millimetres stay in proportion to a head made at 2x,
+    as-is or snapped. 1 for results written before frames recorded their units."""
+    frame = frame or {}
+    return float(frame["scale"]) if frame.get("units") is not None and frame.get("scale") else 1.0
+
+
 def bbox(verts: np.ndarray) -> tuple[np.ndarray, float]:
     lo, hi = verts.min(0), verts.max(0)
     return (lo + hi) / 2, float(np.linalg.norm(hi - lo))

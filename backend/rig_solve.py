@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import framing
 from .errors import ScanTalkError
 
 MIN_EXPLAINED = 0.5  # of the lip motion's energy; below it the rig cannot express the speech
@@ -495,10 +496,7 @@ def solve_result_file(result_path, keys_path, smooth: float = DEFAULT_SMOOTH, sc
     file, else the result's unit snap (meta.frame), else 1."""
     keys = load_keys(keys_path)
     fps, meta = _result_meta(result_path)
-    frame = meta.get("frame") or {}
-    mpu = keys.metres_per_unit
-    if not mpu and frame.get("units") not in (None, "as-is") and frame.get("scale"):
-        mpu = float(frame["scale"])
+    mpu = keys.metres_per_unit or framing.metres_per_unit(meta.get("frame"))
     with _open_offsets(result_path) as r:
         shape = r.shape if hasattr(r, "shape") else (r.n_frames, r.n_vertices, 3)
         fit = solve(_Shaped(r, shape), keys, smooth=smooth, scale=scale, metres_per_unit=mpu,

@@ -11,7 +11,7 @@ import pytest
 
 from backend.audio_io import save_wav
 from backend.errors import AudioError, NoCheckpoint
-from backend.framing import fit_frame, guess_units
+from backend.framing import fit_frame, guess_units, metres_per_unit
 from backend.inference import Session, animate, resample_motion, resolve_checkpoint
 from backend.mesh_io import load_mesh, save_obj
 from backend.operator_cache import cache_key, get_operators
@@ -110,6 +110,10 @@ def test_fit_frame_head_scale():
     assert fit_frame(verts, (1, 2, 3), 0.37, mode="none", head_scale=4.0).scale == 0.25
     with pytest.raises(ValueError, match="head_scale"):
         fit_frame(verts, (1, 2, 3), 0.37, head_scale=0.0)
+    # what Compact and the rig solve read back: a millimetre is in proportion to the head, as-is too
+    assert metres_per_unit(frame.to_dict()) == pytest.approx(0.005)
+    assert metres_per_unit(fit_frame(verts, (1, 2, 3), 0.37, mode="none", head_scale=4.0).to_dict()) == 0.25
+    assert metres_per_unit(None) == 1.0 and metres_per_unit({"scale": 0.3}) == 1.0  # no units recorded
 
 
 def test_guess_units():

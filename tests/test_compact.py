@@ -62,6 +62,17 @@ def test_units_strength_and_smoothing_are_applied_consistently(tmp_path):
     assert vertex_error(exact, W, B) <= 0.005
 
 
+def test_tolerance_follows_a_head_scale_given_as_is(tmp_path):
+    """normalize=none with head_scale 2: the result is in the mesh's units at 2x life size, so
+    0.05 mm at life size is 0.1 mm on the head."""
+    off = speechlike(T=100, seed=3) * 2
+    rep = compact_result_file(write(tmp_path / "r.npz", off, units="as-is", scale=0.5), max_error_mm=0.05,
+                              device="cpu")
+    W, B, _ = read(tmp_path / "r.npz")
+    assert rep["metres_per_unit"] == 0.5 and rep["tolerance"] == pytest.approx(1e-4)
+    assert vertex_error(off, W, B) <= 1e-4
+
+
 def test_k_max_too_small_reports_the_real_error(tmp_path):
     off = speechlike(T=200, rank=10, seed=2)
     path = write(tmp_path / "r.npz", off)

@@ -142,6 +142,18 @@ def test_result_file_round_trip(ict, tmp_path):
         rs.append_to_result(res, fit)
 
 
+def test_result_of_a_head_given_as_is_at_twice_life_size(ict, tmp_path):
+    """normalize=none, head_scale 2: the fit's millimetres are the head's units over 2."""
+    names, deltas = ict
+    off = np.einsum("tk,kvc->tvc", speech_like_weights(names, 20, seed=5), deltas).astype(np.float32)
+    res = tmp_path / "result.npz"
+    np.savez(res, offsets=off, fps=np.float64(25.0),
+             meta=np.array(json.dumps({"frame": {"units": "as-is", "scale": 0.5, "head_scale": 2.0}})))
+    keys = tmp_path / "keys.npz"
+    rs.save_keys(keys, rs.RigKeys(names, deltas, None))
+    assert rs.solve_result_file(res, keys).report["metres_per_unit"] == 0.5
+
+
 def test_rig_options_validation(tmp_path):
     assert rs.rig_options(None) is None
     o = rs.rig_options({"keys": "/k.npz"})
