@@ -1,6 +1,7 @@
 """tools/summarize_eval.py: the card's lines from an evaluate_model.sh folder and from one report."""
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,3 +65,39 @@ def test_compare_counts_clips_and_tests_the_sign(tmp_path):
     assert lines[2] == "  open vowels wider: 8 of 10 clips (sign test p 0.109), mean change +0.60 mm"
     assert summ.sign_test(5, 10) == 1.0 and summ.sign_test(0, 0) == 1.0
     assert summ.main(["--compare", str(a)]) == 2
+
+
+def _report(folder, clips):
+    folder.mkdir(parents=True)
+    (folder / "articulation.json").write_text(json.dumps({"clips": clips}))
+    return folder
+
+
+def _clip(bil_mm, vowel_mm, closed, n_bil=4, n_vowel=6):
+    return {"bilabials": n_bil, "bilabials_closed": closed, "bilabial_opening_mm": bil_mm,
+            "open_vowels": n_vowel, "open_vowel_opening_mm": vowel_mm}
+
+
+def test_bootstrap_is_exact_for_a_uniform_change_and_spreads_for_a_mixed_one(tmp_path):
+    base = {f"c{i}": _clip(1.0 + 0.1 * i, 4.0 + 0.2 * i, 3) for i in range(12)}
+    a = _report(tmp_path / "a" / "prompts_flame", base)
+    halved = _report(tmp_path / "b" / "prompts_flame",
+                     {n: c | {"bilabial_opening_mm": c["bilabial_opening_mm"] / 2} for n, c in base.items()})
+    # every draw pools the same clips for both models, so halving every bilabial doubles every draw's ratio
+    assert summ.bootstrap_pair(a, halved) == ("ratio 2.00x (90% 2.00-2.00), closed +0.0 points "
+                                              "(90% +0.0 to +0.0); 12 clips, 2000 draws")
+    # half the clips narrower and one more closure in each: the interval holds the estimate and has width
+    mixed = _report(tmp_path / "m", {n: (c | {"bilabial_opening_mm": 0.5, "bilabials_closed": 4} if i % 2 else c)
+                                     for i, (n, c) in enumerate(base.items())})
+    line = summ.bootstrap_pair(a, mixed)
+    point, lo, hi = (float(x) for x in re.match(r"ratio ([\d.]+)x \(90% ([\d.]+)-([\d.]+)\)", line).groups())
+    assert lo < point < hi and lo > 1.0
+    assert "closed +12.5 points" in line  # 6 more of 48
+    # folders: only the sets both hold; a bilabial mean below 0.1 mm counts as 0.1 mm, as in the report
+    _report(tmp_path / "a" / "artic_flame", {"c": _clip(0.01, 3.0, 4)})
+    _report(tmp_path / "b" / "artic_flame", {"c": _clip(-0.2, 3.0, 4)})
+    _report(tmp_path / "a" / "telephone_demo", {"c": _clip(1.0, 3.0, 4)})
+    lines = summ.bootstrap(tmp_path / "a", tmp_path / "b")
+    assert [ln.split()[0] for ln in lines[1:]] == ["artic_flame", "prompts_flame"]
+    assert lines[1].split()[2] == "1.00x"
+    assert summ.main(["--bootstrap", str(a)]) == 2

@@ -15,6 +15,15 @@ three never-heard languages. A folder that is one articulation report (`training
 compares two reports of the same recordings clip by clip: in how many clips the second model's
 bilabial opening is narrower and its open-vowel opening wider than the first's, with a two-sided
 sign test. Pooled means hide whether a change is consistent; a clip-by-clip count does not.
+
+    python tools/summarize_eval.py --bootstrap /work/data/eval_v4 /work/data/eval_v11
+
+a paired bootstrap over clips, per set of recordings both folders hold (or for two reports): the
+clips are drawn with replacement and both models pooled over the same draw, giving a 90% interval
+of the second model's open/bilabial ratio over the first's and of the change in bilabials closed
+(percentage points). An interval that spans no change says the recordings at hand cannot tell the
+two models apart; other recordings like them could rank them either way. With few clips (the five
+LibriVox ones) the interval is too narrow: a draw cannot vary more than the clips at hand do.
 """
 from __future__ import annotations
 
@@ -23,9 +32,12 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
 # the synthetic test split's (every 2nd clip) under `python -m training.predict --baseline neutral`
 STILL_FACE_LVE_MM2 = 69.4
 UNSEEN = ("hu", "ta", "sw")
+BILABIAL_FLOOR_MM = 0.1  # training.articulation's GAP_FLOOR: the ratio's bilabial mean is at least this
 JUDGES = ("prompts", "telephone")  # evaluate_model.sh's independent real-speech sets
 
 
@@ -101,6 +113,50 @@ def compare(a: Path, b: Path) -> list[str]:
     return lines
 
 
+def _clip_sums(clips: dict, names: list) -> np.ndarray:
+    """[clips, 5]: open-vowel count and opening sum, bilabial count and opening sum, bilabials
+    closed; a pooled mean over any draw of clips is then a ratio of column sums."""
+    rows = []
+    for n in names:
+        c = clips[n]
+        nv = c.get("open_vowels", 0) if c.get("open_vowel_opening_mm") is not None else 0
+        nb = c.get("bilabials", 0) if c.get("bilabial_opening_mm") is not None else 0
+        rows.append([nv, nv * (c.get("open_vowel_opening_mm") or 0.0), nb, nb * (c.get("bilabial_opening_mm") or 0.0),
+                     c.get("bilabials_closed", 0)])
+    return np.asarray(rows, np.float64).reshape(-1, 5)
+
+
+def _pooled(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(open/bilabial ratio, closure rate) of each draw from its summed columns [..., 5]."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (sums[..., 1] / sums[..., 0]) / np.maximum(sums[..., 3] / sums[..., 2], BILABIAL_FLOOR_MM)
+        return ratio, sums[..., 4] / sums[..., 2]
+
+
+def bootstrap_pair(a: Path, b: Path, n: int = 2000, seed: int = 0) -> str:
+    """Paired bootstrap of two articulation reports of the same recordings (see the docstring)."""
+    ca, cb = (json.loads((f / "articulation.json").read_text())["clips"] for f in (a, b))
+    names = sorted(ca.keys() & cb.keys())
+    sa, sb = _clip_sums(ca, names), _clip_sums(cb, names)
+    draws = np.random.default_rng(seed).multinomial(len(names), np.full(len(names), 1 / len(names)), size=n)
+    (ra, ka), (rb, kb) = _pooled(draws @ sa), _pooled(draws @ sb)
+    (r0a, k0a), (r0b, k0b) = _pooled(sa.sum(0)), _pooled(sb.sum(0))
+    rel, dk = rb / ra, (kb - ka) * 100
+    ok = np.isfinite(rel) & np.isfinite(dk)
+    lo, hi = np.percentile(rel[ok], [5, 95])
+    klo, khi = np.percentile(dk[ok], [5, 95])
+    return (f"ratio {r0b / r0a:.2f}x (90% {lo:.2f}-{hi:.2f}), closed {(k0b - k0a) * 100:+.1f} points "
+            f"(90% {klo:+.1f} to {khi:+.1f}); {len(names)} clips, {int(ok.sum())} draws")
+
+
+def bootstrap(a: Path, b: Path, n: int = 2000, seed: int = 0) -> list[str]:
+    """bootstrap_pair for two reports, or for each set of recordings two evaluate_model folders share."""
+    if (a / "articulation.json").is_file():
+        return [f"== {b} against {a}", f"  {bootstrap_pair(a, b, n, seed)}"]
+    sets = sorted(f.name for f in a.iterdir() if (f / "articulation.json").is_file() and (b / f.name / "articulation.json").is_file())
+    return [f"== {b} against {a}"] + [f"  {s:16s} {bootstrap_pair(a / s, b / s, n, seed)}" for s in sets]
+
+
 def main(argv=None) -> int:
     argv = list(argv if argv is not None else sys.argv[1:])
     if argv[:1] == ["--compare"]:
@@ -108,6 +164,12 @@ def main(argv=None) -> int:
             print("usage: summarize_eval.py --compare REPORT_A REPORT_B", file=sys.stderr)
             return 2
         print("\n".join(compare(Path(argv[1]), Path(argv[2]))))
+        return 0
+    if argv[:1] == ["--bootstrap"]:
+        if len(argv) != 3:
+            print("usage: summarize_eval.py --bootstrap A B (two reports or two evaluate_model folders)", file=sys.stderr)
+            return 2
+        print("\n".join(bootstrap(Path(argv[1]), Path(argv[2]))))
         return 0
     folders = [Path(a) for a in argv]
     if not folders:
