@@ -157,19 +157,18 @@ def bootstrap(a: Path, b: Path, n: int = 2000, seed: int = 0) -> list[str]:
     return [f"== {b} against {a}"] + [f"  {s:16s} {bootstrap_pair(a / s, b / s, n, seed)}" for s in sets]
 
 
+PAIRED = {"--compare": (compare, "REPORT_A REPORT_B"),
+          "--bootstrap": (bootstrap, "A B (two reports or two evaluate_model folders)")}
+
+
 def main(argv=None) -> int:
     argv = list(argv if argv is not None else sys.argv[1:])
-    if argv[:1] == ["--compare"]:
+    if argv[:1] and argv[0] in PAIRED:
+        run, args = PAIRED[argv[0]]
         if len(argv) != 3:
-            print("usage: summarize_eval.py --compare REPORT_A REPORT_B", file=sys.stderr)
+            print(f"usage: summarize_eval.py {argv[0]} {args}", file=sys.stderr)
             return 2
-        print("\n".join(compare(Path(argv[1]), Path(argv[2]))))
-        return 0
-    if argv[:1] == ["--bootstrap"]:
-        if len(argv) != 3:
-            print("usage: summarize_eval.py --bootstrap A B (two reports or two evaluate_model folders)", file=sys.stderr)
-            return 2
-        print("\n".join(bootstrap(Path(argv[1]), Path(argv[2]))))
+        print("\n".join(run(Path(argv[1]), Path(argv[2]))))
         return 0
     folders = [Path(a) for a in argv]
     if not folders:
