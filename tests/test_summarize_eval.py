@@ -101,3 +101,20 @@ def test_bootstrap_is_exact_for_a_uniform_change_and_spreads_for_a_mixed_one(tmp
     assert [ln.split()[0] for ln in lines[1:]] == ["artic_flame", "prompts_flame"]
     assert lines[1].split()[2] == "1.00x"
     assert summ.main(["--bootstrap", str(a)]) == 2
+
+
+def test_recipes_are_compared_by_their_seed_means(tmp_path):
+    def run(name, ratio, closed, extra_set=False):
+        for s in ("prompts_flame",) + (("telephone_demo",) if extra_set else ()):
+            (tmp_path / name / s).mkdir(parents=True)
+            (tmp_path / name / s / "articulation.json").write_text(json.dumps(
+                {"pooled": POOLED | {"open_to_bilabial_ratio": ratio, "bilabials_closed": closed}}))
+        return str(tmp_path / name)
+
+    a = f"{run('a0', 4.0, 20, extra_set=True)},{run('a1', 6.0, 22)}"
+    b = f"{run('b0', 5.5, 25, extra_set=True)},{run('b1', 5.5, 24)}"
+    lines = summ.compare_recipes(summ._folders(a), summ._folders(b))
+    assert len(lines) == 2  # telephone_demo: not every run holds it
+    assert lines[1] == ("  prompts_flame    closed 20/22 of 29, ratio 4.00/6.00 (mean 21.0, 5.00x) | "
+                        "closed 25/24 of 29, ratio 5.50/5.50 (mean 24.5, 5.50x) | second/first 1.10x, closed +3.5")
+    assert summ.main(["--recipes", a]) == 2

@@ -24,6 +24,14 @@ of the second model's open/bilabial ratio over the first's and of the change in 
 (percentage points). An interval that spans no change says the recordings at hand cannot tell the
 two models apart; other recordings like them could rank them either way. With few clips (the five
 LibriVox ones) the interval is too narrow: a draw cannot vary more than the clips at hand do.
+
+    python tools/summarize_eval.py --recipes /work/data/eval_v4,/work/data/eval_v4b /work/data/eval_v11,/work/data/eval_v11b
+
+compares two recipes, each by its runs with different seeds (evaluate_model folders, comma-separated):
+per set of recordings every folder holds, each run's bilabials closed and ratio, the recipe's
+means and the second recipe's means against the first's. One run of a recipe against one run of
+another cannot tell a recipe's effect from its seed's: two seeds of version 4's recipe differ by
+20% on LibriVox and 2x on the telephone set.
 """
 from __future__ import annotations
 
@@ -157,8 +165,33 @@ def bootstrap(a: Path, b: Path, n: int = 2000, seed: int = 0) -> list[str]:
     return [f"== {b} against {a}"] + [f"  {s:16s} {bootstrap_pair(a / s, b / s, n, seed)}" for s in sets]
 
 
-PAIRED = {"--compare": (compare, "REPORT_A REPORT_B"),
-          "--bootstrap": (bootstrap, "A B (two reports or two evaluate_model folders)")}
+def compare_recipes(a: list[Path], b: list[Path]) -> list[str]:
+    """Seed means of two recipes' evaluate_model folders, per set of recordings all of them hold."""
+    runs = [*a, *b]
+    sets = sorted(f.name for f in runs[0].iterdir()
+                  if all((r / f.name / "articulation.json").is_file() for r in runs))
+    lines = [f"== {', '.join(map(str, b))} against {', '.join(map(str, a))}"]
+    for s in sets:
+        means = []
+        for recipe in (a, b):
+            pooled = [json.loads((r / s / "articulation.json").read_text())["pooled"] for r in recipe]
+            ratios = [p["open_to_bilabial_ratio"] for p in pooled]
+            closed = [p["bilabials_closed"] for p in pooled]
+            means.append((sum(ratios) / len(ratios), sum(closed) / len(closed), ratios, closed, pooled[0]["bilabials"]))
+        (ra, ka, *_), (rb, kb, *_) = means
+        each = " | ".join(f"closed {'/'.join(map(str, k))} of {n}, ratio {'/'.join(f'{x:.2f}' for x in r)} (mean {km:.1f}, {rm:.2f}x)"
+                          for rm, km, r, k, n in means)
+        lines.append(f"  {s:16s} {each} | second/first {rb / ra:.2f}x, closed {kb - ka:+.1f}")
+    return lines
+
+
+def _folders(arg: str) -> list[Path]:
+    return [Path(x) for x in arg.split(",") if x]
+
+
+PAIRED = {"--compare": (lambda a, b: compare(Path(a), Path(b)), "REPORT_A REPORT_B"),
+          "--bootstrap": (lambda a, b: bootstrap(Path(a), Path(b)), "A B (two reports or two evaluate_model folders)"),
+          "--recipes": (lambda a, b: compare_recipes(_folders(a), _folders(b)), "A1,A2[,...] B1,B2[,...] (evaluate_model folders)")}
 
 
 def main(argv=None) -> int:
@@ -168,7 +201,7 @@ def main(argv=None) -> int:
         if len(argv) != 3:
             print(f"usage: summarize_eval.py {argv[0]} {args}", file=sys.stderr)
             return 2
-        print("\n".join(run(Path(argv[1]), Path(argv[2]))))
+        print("\n".join(run(argv[1], argv[2])))
         return 0
     folders = [Path(a) for a in argv]
     if not folders:
