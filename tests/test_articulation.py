@@ -143,6 +143,13 @@ def test_closing_on_every_bilabial_scores_100_percent_and_never_closing_0():
     assert sg["silence_lip_motion_mm"] == pytest.approx(0.0, abs=1e-9)  # still in silence
     pooled = art.summarise([good, bad])
     assert (pooled["bilabials"], pooled["bilabials_closed"], pooled["closure_rate"]) == (6, 3, 0.5)
+    events = sb["bilabial_events"]  # one per bilabial, in order, as measured
+    assert [(e["phone"], e["start_s"], e["end_s"], e["closed"]) for e in events] == [
+        ("M", 0.5, 0.6, False), ("P", 0.9, 0.95, False), ("B", 1.3, 1.4, False)]
+    assert [e["opening_mm"] for e in events] == pytest.approx([5.0] * 3, abs=0.01)
+    assert [e["min_gap_mm"] for e in events] == pytest.approx([5.0] * 3, abs=0.01)  # neighbours open wider
+    assert [e["closed"] for e in sg["bilabial_events"]] == [True] * 3
+    assert all(abs(e["min_gap_mm"]) < 0.01 for e in sg["bilabial_events"])
 
 
 @pytest.mark.parametrize("frame, value, closed", [

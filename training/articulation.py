@@ -14,7 +14,8 @@ Measures, per clip and pooled over clips (REPORT/articulation.json, one PNG per 
 - inner-lip gap g(t) (training.lip_geometry), neutral gap g0, opening o(t) = g(t) - g0;
 - bilabial closure rate: a P, B or M phone is closed when the smallest gap within the phone
   ±30 ms is at most g0 + 20% of the clip's speech-time opening range (5th to 95th percentile of g
-  over speech frames);
+  over speech frames); each clip also lists its bilabials (`bilabial_events`: phone, times,
+  smallest gap and mean opening above g0, closed or not);
 - mean opening on open vowels (AA AE AH AO AW AY) and on bilabials (per phone, the mean over its
   frames), and their ratio (the bilabial mean floored at 0.1 mm so a perfect closer stays finite);
 - lip motion in silence: mean displacement of the lip vertices from the neutral in silent frames
@@ -99,7 +100,15 @@ class ClipReport:
 
     def summary(self) -> dict:
         return summarise([self]) | {"name": self.name, "lag_frames": self.lag_frames,
-                                     "lag_corr": _r(self.lag_corr, 3)}
+                                     "lag_corr": _r(self.lag_corr, 3), "bilabial_events": self.bilabial_events()}
+
+    def bilabial_events(self) -> list[dict]:
+        """Each bilabial with its timing, its smallest gap (phone ±30 ms) and mean opening over
+        the phone, both above the neutral gap: which closures a model misses (after silence,
+        /m/ or /p/), not only how many."""
+        return [{"phone": p, "start_s": _r(a), "end_s": _r(b), "min_gap_mm": _r((low - self.neutral_gap) * 1e3),
+                 "opening_mm": _r(o * 1e3), "closed": closed}
+                for (p, a, b, low, closed), o in zip(self.bilabials, self.bilabial_openings)]
 
 
 def _r(x, nd=3):
