@@ -49,6 +49,20 @@ BILABIAL_FLOOR_MM = 0.1  # training.articulation's GAP_FLOOR: the ratio's bilabi
 JUDGES = ("prompts", "telephone")  # evaluate_model.sh's independent real-speech sets
 
 
+def is_report(folder: Path) -> bool:
+    return (folder / "articulation.json").is_file()
+
+
+def report(folder: Path) -> dict:
+    """A training.articulation report (its articulation.json)."""
+    return json.loads((folder / "articulation.json").read_text())
+
+
+def shared_sets(folders: list[Path]) -> list[str]:
+    """The sets of recordings (report subfolders) every evaluate_model folder holds."""
+    return sorted(f.name for f in folders[0].iterdir() if all(is_report(r / f.name) for r in folders))
+
+
 def articulation_line(p: dict) -> str:
     return (f"closed {p['bilabials_closed']}/{p['bilabials']} ({p['closure_rate'] * 100:.0f}%), "
             f"open/bilabial {p['open_vowel_opening_mm']:.2f}/{p['bilabial_opening_mm']:.2f} mm "
@@ -59,8 +73,8 @@ def articulation_line(p: dict) -> str:
 
 def summarize(folder: Path) -> list[str]:
     lines = [f"== {folder}"]
-    if (folder / "articulation.json").is_file():
-        pooled = json.loads((folder / "articulation.json").read_text())["pooled"]
+    if is_report(folder):
+        pooled = report(folder)["pooled"]
         return lines + [f"  {articulation_line(pooled)}"]
     for head in ("flame", "demo", "biwi", "synth"):
         f = folder / f"artic_{head}" / "articulation.json"
@@ -87,12 +101,12 @@ def summarize(folder: Path) -> list[str]:
 def size_lines(folder: Path) -> list[str]:
     """evaluate_model.sh's SIZES: FLAME_sample at K times its size (size_K), each with its open-vowel
     opening against life size's (artic_flame) and against K, what motion in proportion would give."""
-    sized = sorted((float(f.name[5:]), f) for f in folder.glob("size_*") if (f / "articulation.json").is_file())
+    sized = sorted((float(f.name[5:]), f) for f in folder.glob("size_*") if is_report(f))
     life = folder / "artic_flame" / "articulation.json"
     base = json.loads(life.read_text())["pooled"]["open_vowel_opening_mm"] if life.is_file() else None
     lines = []
     for k, f in sized:
-        p = json.loads((f / "articulation.json").read_text())["pooled"]
+        p = report(f)["pooled"]
         rel = (f", open vowels {p['open_vowel_opening_mm'] / base:.2f}x life size's (in proportion: {k:g}x)"
                if base else "")
         lines.append(f"  size {k:g}x {articulation_line(p)}{rel}")
@@ -107,7 +121,7 @@ def sign_test(wins: int, n: int) -> float:
 
 def compare(a: Path, b: Path) -> list[str]:
     """Clip-by-clip comparison of two articulation reports of the same recordings."""
-    ca, cb = (json.loads((f / "articulation.json").read_text())["clips"] for f in (a, b))
+    ca, cb = (report(f)["clips"] for f in (a, b))
     lines = [f"== {b} against {a}"]
     for key, better, what in (("bilabial_opening_mm", -1, "bilabials narrower"),
                               ("open_vowel_opening_mm", 1, "open vowels wider")):
@@ -143,7 +157,7 @@ def _pooled(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def bootstrap_pair(a: Path, b: Path, n: int = 2000, seed: int = 0) -> str:
     """Paired bootstrap of two articulation reports of the same recordings (see the docstring)."""
-    ca, cb = (json.loads((f / "articulation.json").read_text())["clips"] for f in (a, b))
+    ca, cb = (report(f)["clips"] for f in (a, b))
     names = sorted(ca.keys() & cb.keys())
     sa, sb = _clip_sums(ca, names), _clip_sums(cb, names)
     draws = np.random.default_rng(seed).multinomial(len(names), np.full(len(names), 1 / len(names)), size=n)
@@ -159,22 +173,18 @@ def bootstrap_pair(a: Path, b: Path, n: int = 2000, seed: int = 0) -> str:
 
 def bootstrap(a: Path, b: Path, n: int = 2000, seed: int = 0) -> list[str]:
     """bootstrap_pair for two reports, or for each set of recordings two evaluate_model folders share."""
-    if (a / "articulation.json").is_file():
+    if is_report(a):
         return [f"== {b} against {a}", f"  {bootstrap_pair(a, b, n, seed)}"]
-    sets = sorted(f.name for f in a.iterdir() if (f / "articulation.json").is_file() and (b / f.name / "articulation.json").is_file())
-    return [f"== {b} against {a}"] + [f"  {s:16s} {bootstrap_pair(a / s, b / s, n, seed)}" for s in sets]
+    return [f"== {b} against {a}"] + [f"  {s:16s} {bootstrap_pair(a / s, b / s, n, seed)}" for s in shared_sets([a, b])]
 
 
 def compare_recipes(a: list[Path], b: list[Path]) -> list[str]:
     """Seed means of two recipes' evaluate_model folders, per set of recordings all of them hold."""
-    runs = [*a, *b]
-    sets = sorted(f.name for f in runs[0].iterdir()
-                  if all((r / f.name / "articulation.json").is_file() for r in runs))
     lines = [f"== {', '.join(map(str, b))} against {', '.join(map(str, a))}"]
-    for s in sets:
+    for s in shared_sets([*a, *b]):
         means = []
         for recipe in (a, b):
-            pooled = [json.loads((r / s / "articulation.json").read_text())["pooled"] for r in recipe]
+            pooled = [report(r / s)["pooled"] for r in recipe]
             ratios = [p["open_to_bilabial_ratio"] for p in pooled]
             closed = [p["bilabials_closed"] for p in pooled]
             means.append((sum(ratios) / len(ratios), sum(closed) / len(closed), ratios, closed, pooled[0]["bilabials"]))
