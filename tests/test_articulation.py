@@ -144,8 +144,8 @@ def test_closing_on_every_bilabial_scores_100_percent_and_never_closing_0():
     pooled = art.summarise([good, bad])
     assert (pooled["bilabials"], pooled["bilabials_closed"], pooled["closure_rate"]) == (6, 3, 0.5)
     events = sb["bilabial_events"]  # one per bilabial, in order, as measured
-    assert [(e["phone"], e["start_s"], e["end_s"], e["closed"]) for e in events] == [
-        ("M", 0.5, 0.6, False), ("P", 0.9, 0.95, False), ("B", 1.3, 1.4, False)]
+    assert [(e["phone"], e["start_s"], e["end_s"], e["after"], e["closed"]) for e in events] == [
+        ("M", 0.5, 0.6, "SIL", False), ("P", 0.9, 0.95, "AA", False), ("B", 1.3, 1.4, "AE", False)]
     assert [e["opening_mm"] for e in events] == pytest.approx([5.0] * 3, abs=0.01)
     assert [e["min_gap_mm"] for e in events] == pytest.approx([5.0] * 3, abs=0.01)  # neighbours open wider
     assert [e["closed"] for e in sg["bilabial_events"]] == [True] * 3

@@ -118,3 +118,30 @@ def test_recipes_are_compared_by_their_seed_means(tmp_path):
     assert lines[1] == ("  prompts_flame    closed 20/22 of 29, ratio 4.00/6.00 (mean 21.0, 5.00x) | "
                         "closed 25/24 of 29, ratio 5.50/5.50 (mean 24.5, 5.50x) | second/first 1.10x, closed +3.5")
     assert summ.main(["--recipes", a]) == 2
+
+
+def _event(phone, start, after, closed, gap=0.0):
+    return {"phone": phone, "start_s": start, "end_s": start + 0.08, "after": after,
+            "min_gap_mm": gap, "opening_mm": gap + 0.5, "closed": closed}
+
+
+def test_misses_groups_closures_by_phone_and_context_and_lists_the_missed(tmp_path, capsys):
+    clips = {"b": {"bilabial_events": [_event("M", 0.4, "SIL", False, 1.234), _event("B", 1.0, "AH", True)]},
+             "a": {"bilabial_events": [_event("P", 0.2, "SIL", True), _event("M", 0.9, "IY", False, 0.5),
+                                       _event("M", 1.5, "AA", True)]}}
+    _report(tmp_path / "ev" / "prompts_flame", clips)
+    _report(tmp_path / "ev" / "artic_demo", {"old": {"bilabial_events": [{"phone": "M", "closed": True}]}})
+    lines = summ.misses(tmp_path / "ev")
+    assert lines == [
+        f"== {tmp_path / 'ev'}",
+        " artic_demo",
+        "  (no bilabials listed with what comes before them: the report is older than that part of "
+        "training.articulation; make it again)",
+        " prompts_flame",
+        "  closed: M 1/3, P 1/1, B 1/1; after silence 1/2, in speech 2/3",
+        "    missed a M at 0.90 s after IY: smallest gap 0.50 mm above neutral",
+        "    missed b M at 0.40 s after SIL: smallest gap 1.23 mm above neutral",
+    ]
+    assert summ.main(["--misses", str(tmp_path / "ev" / "prompts_flame")]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "  closed: M 1/3, P 1/1, B 1/1; after silence 1/2, in speech 2/3"
+    assert summ.main(["--misses"]) == 2

@@ -32,6 +32,13 @@ per set of recordings every folder holds, each run's bilabials closed and ratio,
 means and the second recipe's means against the first's. One run of a recipe against one run of
 another cannot tell a recipe's effect from its seed's: two seeds of version 4's recipe differ by
 20% on LibriVox and 2x on the telephone set.
+
+    python tools/summarize_eval.py --misses /work/data/eval_v12
+
+which bilabials a model leaves open, per set of recordings (or for one report): closures by phone
+(M, P, B) and by what comes before (silence, or running speech), then each missed one (clip,
+phone, time, the phone before it, smallest gap above neutral). Reports made before the bilabials
+were listed per clip have nothing to show.
 """
 from __future__ import annotations
 
@@ -195,6 +202,35 @@ def compare_recipes(a: list[Path], b: list[Path]) -> list[str]:
     return lines
 
 
+def misses_lines(rep: Path) -> list[str]:
+    """Closures by phone and by context in one report, then the bilabials it missed."""
+    events = [(name, e) for name, c in sorted(report(rep)["clips"].items()) for e in c.get("bilabial_events", [])]
+    if not events or "after" not in events[0][1]:
+        return ["  (no bilabials listed with what comes before them: the report is older than that part of "
+                "training.articulation; make it again)"]
+
+    def rate(group) -> str:
+        group = list(group)
+        return f"{sum(e['closed'] for e in group)}/{len(group)}"
+
+    by_phone = ", ".join(f"{p} {rate(e for _, e in events if e['phone'] == p)}"
+                         for p in ("M", "P", "B") if any(e["phone"] == p for _, e in events))
+    lines = [f"  closed: {by_phone}; after silence {rate(e for _, e in events if e['after'] == 'SIL')}, "
+             f"in speech {rate(e for _, e in events if e['after'] != 'SIL')}"]
+    lines += [f"    missed {name} {e['phone']} at {e['start_s']:.2f} s after {e['after']}: "
+              f"smallest gap {e['min_gap_mm']:.2f} mm above neutral" for name, e in events if not e["closed"]]
+    return lines
+
+
+def misses(folder: Path) -> list[str]:
+    if is_report(folder):
+        return [f"== {folder}"] + misses_lines(folder)
+    lines = [f"== {folder}"]
+    for s in shared_sets([folder]):
+        lines += [f" {s}"] + misses_lines(folder / s)
+    return lines
+
+
 def _folders(arg: str) -> list[Path]:
     return [Path(x) for x in arg.split(",") if x]
 
@@ -213,12 +249,18 @@ def main(argv=None) -> int:
             return 2
         print("\n".join(run(argv[1], argv[2])))
         return 0
+    show = summarize
+    if argv[:1] == ["--misses"]:
+        show, argv = misses, argv[1:]
     folders = [Path(a) for a in argv]
+    if not folders and show is misses:
+        print("usage: summarize_eval.py --misses FOLDER... (evaluate_model folders or reports)", file=sys.stderr)
+        return 2
     if not folders:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     for folder in folders:
-        print("\n".join(summarize(folder)))
+        print("\n".join(show(folder)))
     return 0
 
 

@@ -15,7 +15,7 @@ Measures, per clip and pooled over clips (REPORT/articulation.json, one PNG per 
 - bilabial closure rate: a P, B or M phone is closed when the smallest gap within the phone
   ±30 ms is at most g0 + 20% of the clip's speech-time opening range (5th to 95th percentile of g
   over speech frames); each clip also lists its bilabials (`bilabial_events`: phone, times,
-  smallest gap and mean opening above g0, closed or not);
+  the phone before it (SIL after silence), smallest gap and mean opening above g0, closed or not);
 - mean opening on open vowels (AA AE AH AO AW AY) and on bilabials (per phone, the mean over its
   frames), and their ratio (the bilabial mean floored at 0.1 mm so a perfect closer stays finite);
 - lip motion in silence: mean displacement of the lip vertices from the neutral in silent frames
@@ -92,6 +92,7 @@ class ClipReport:
     bilabials: list = field(default_factory=list)   # [(phone, start, end, min_gap_m, closed)]
     vowel_openings: list = field(default_factory=list)     # m, one per open vowel
     bilabial_openings: list = field(default_factory=list)  # m, one per bilabial
+    bilabial_after: list = field(default_factory=list)     # the phone before each bilabial (SIL first)
     silence_lip_motion: list = field(default_factory=list)  # m, per silent frame
     speech_upper_motion: list = field(default_factory=list)  # m, per speech frame
     speech_far_motion: list = field(default_factory=list)  # m, per speech frame
@@ -106,9 +107,10 @@ class ClipReport:
         """Each bilabial with its timing, its smallest gap (phone ±30 ms) and mean opening over
         the phone, both above the neutral gap: which closures a model misses (after silence,
         /m/ or /p/), not only how many."""
-        return [{"phone": p, "start_s": _r(a), "end_s": _r(b), "min_gap_mm": _r((low - self.neutral_gap) * 1e3),
-                 "opening_mm": _r(o * 1e3), "closed": closed}
-                for (p, a, b, low, closed), o in zip(self.bilabials, self.bilabial_openings)]
+        return [{"phone": p, "start_s": _r(a), "end_s": _r(b), "after": after,
+                 "min_gap_mm": _r((low - self.neutral_gap) * 1e3), "opening_mm": _r(o * 1e3), "closed": closed}
+                for (p, a, b, low, closed), o, after in zip(self.bilabials, self.bilabial_openings,
+                                                            self.bilabial_after)]
 
 
 def _r(x, nd=3):
@@ -181,8 +183,10 @@ def measure_clip(name: str, seq, neutral, lip: InnerLip, phones, fps: float, lip
     ref = gap[speech] if speech.any() else gap
     rng = float(np.percentile(ref, 95) - np.percentile(ref, 5))
     rep = ClipReport(name, fps, gap, g0, g0 + CLOSURE_FRACTION * rng, phones)
-    for p, a, b in phones:
+    for i, (p, a, b) in enumerate(phones):
         if p in BILABIALS:
+            # a closure from rest (after silence) and one inside running speech are different tasks
+            rep.bilabial_after.append("SIL" if i == 0 or phones[i - 1][0] in SILENCE else phones[i - 1][0])
             fr = _frames_in(a - CLOSURE_WINDOW, b + CLOSURE_WINDOW, fps, n)
             low = float(gap[fr].min())
             rep.bilabials.append((p, a, b, low, bool(low <= rep.threshold)))
