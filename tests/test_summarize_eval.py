@@ -128,7 +128,7 @@ def _event(phone, start, after, closed, gap=0.0):
 def test_misses_groups_closures_by_phone_and_context_and_lists_the_missed(tmp_path, capsys):
     clips = {"b": {"bilabial_events": [_event("M", 0.4, "SIL", False, 1.234), _event("B", 1.0, "AH", True)]},
              "a": {"bilabial_events": [_event("P", 0.2, "SIL", True), _event("M", 0.9, "IY", False, 0.5),
-                                       _event("M", 1.5, "AA", True)]}}
+                                       _event("M", 1.5, "NG", True)]}}
     _report(tmp_path / "ev" / "prompts_flame", clips)
     _report(tmp_path / "ev" / "artic_demo", {"old": {"bilabial_events": [{"phone": "M", "closed": True}]}})
     lines = summ.misses(tmp_path / "ev")
@@ -138,10 +138,10 @@ def test_misses_groups_closures_by_phone_and_context_and_lists_the_missed(tmp_pa
         "  (no bilabials listed with what comes before them: the report is older than that part of "
         "training.articulation; make it again)",
         " prompts_flame",
-        "  closed: M 1/3, P 1/1, B 1/1; after silence 1/2, in speech 2/3",
+        "  closed: M 1/3, P 1/1, B 1/1; after silence 1/2, after a vowel 1/2, after a consonant 1/1",
         "    missed a M at 0.90 s after IY: smallest gap 0.50 mm above neutral",
         "    missed b M at 0.40 s after SIL: smallest gap 1.23 mm above neutral",
     ]
     assert summ.main(["--misses", str(tmp_path / "ev" / "prompts_flame")]) == 0
-    assert capsys.readouterr().out.splitlines()[1] == "  closed: M 1/3, P 1/1, B 1/1; after silence 1/2, in speech 2/3"
+    assert capsys.readouterr().out.splitlines()[1] == "  closed: M 1/3, P 1/1, B 1/1; after silence 1/2, after a vowel 1/2, after a consonant 1/1"
     assert summ.main(["--misses"]) == 2

@@ -36,7 +36,7 @@ another cannot tell a recipe's effect from its seed's: two seeds of version 4's 
     python tools/summarize_eval.py --misses /work/data/eval_v12
 
 which bilabials a model leaves open, per set of recordings (or for one report): closures by phone
-(M, P, B) and by what comes before (silence, or running speech), then each missed one (clip,
+(M, P, B) and by what comes before (silence, a vowel, a consonant), then each missed one (clip,
 phone, time, the phone before it, smallest gap above neutral). Reports made before the bilabials
 were listed per clip have nothing to show.
 """
@@ -54,6 +54,7 @@ STILL_FACE_LVE_MM2 = 69.4
 UNSEEN = ("hu", "ta", "sw")
 BILABIAL_FLOOR_MM = 0.1  # training.articulation's GAP_FLOOR: the ratio's bilabial mean is at least this
 JUDGES = ("prompts", "telephone")  # evaluate_model.sh's independent real-speech sets
+VOWELS = ("AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW")  # ARPAbet
 
 
 def is_report(folder: Path) -> bool:
@@ -215,8 +216,10 @@ def misses_lines(rep: Path) -> list[str]:
 
     by_phone = ", ".join(f"{p} {rate(e for _, e in events if e['phone'] == p)}"
                          for p in ("M", "P", "B") if any(e["phone"] == p for _, e in events))
-    lines = [f"  closed: {by_phone}; after silence {rate(e for _, e in events if e['after'] == 'SIL')}, "
-             f"in speech {rate(e for _, e in events if e['after'] != 'SIL')}"]
+    context = {"silence": lambda a: a == "SIL", "a vowel": lambda a: a in VOWELS,
+               "a consonant": lambda a: a != "SIL" and a not in VOWELS}
+    by_context = ", ".join(f"after {k} {rate(e for _, e in events if is_(e['after']))}" for k, is_ in context.items())
+    lines = [f"  closed: {by_phone}; {by_context}"]
     lines += [f"    missed {name} {e['phone']} at {e['start_s']:.2f} s after {e['after']}: "
               f"smallest gap {e['min_gap_mm']:.2f} mm above neutral" for name, e in events if not e["closed"]]
     return lines
