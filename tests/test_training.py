@@ -315,6 +315,14 @@ def test_train_with_a_weight_average_saves_it_and_resumes_it(dataset, tmp_path):
             assert torch.allclose(a[key][k], b[key][k], atol=1e-6), (key, k)
     assert "train_model" not in read_file(straight / "best.pt")
     load_model(straight / "last.pt")  # the backend loads the average as any model
+    # the optimised weights as a model file of their own, to judge beside the average
+    from training.weight_average import main as weight_average_main
+
+    assert weight_average_main(["--optimised", str(straight / "last.pt"), str(tmp_path / "opt.pt")]) == 0
+    opt = load_model(tmp_path / "opt.pt").state_dict()
+    assert all(torch.equal(opt[k], a["train_model"][k]) for k in a["train_model"])
+    assert weight_average_main(["--optimised", str(straight / "best.pt"), str(tmp_path / "no.pt")]) == 2
+    assert not (tmp_path / "no.pt").exists()
 
 
 def test_resume_refuses_another_model(dataset, tmp_path):
