@@ -4,8 +4,8 @@ One checkpoint of a run is one sample of where the optimiser wanders at the end:
 version 11's weights at step 2,400 and at step 3,000 differ by as much as version 11 and version 4
 (LibriVox bilabials 1.45 against 1.91 mm). The average over the last ~1/(1 - decay) steps should
 be a steadier thing to judge and to ship. Measured once (v12, decay 0.998): the average beat the
-optimised weights on every real-speech judge (studio prompts 1.08x the open/bilabial ratio, 90%
-interval 1.06-1.11), where a mean of three of v11b's checkpoints taken afterwards had widened the
+optimised weights on the studio prompts (1.08x the open/bilabial ratio, 90% interval 1.06-1.11)
+and the LibriVox clips (1.07x) and matched them on the telephone set, where a mean of three of v11b's checkpoints taken afterwards had widened the
 prompts' bilabials (model card). The trainer optimises the model's own weights, and validates and
 saves the average; last.pt keeps the optimised ones beside it (`train_model`), for --resume and for
 
@@ -21,6 +21,9 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from backend.checkpoint import read_file, save_model
+from backend.model import ModelConfig, ScanTalk
 
 
 class WeightAverage:
@@ -68,9 +71,6 @@ class WeightAverage:
 
 def write_optimised(last_pt, out) -> None:
     """A run's optimised weights (last.pt's `train_model`) as a model file the backend loads."""
-    from backend.checkpoint import read_file, save_model
-    from backend.model import ModelConfig, ScanTalk
-
     data = read_file(last_pt)
     if "train_model" not in data:
         raise ValueError(f"{last_pt} holds no optimised weights beside its model: it was written without "
