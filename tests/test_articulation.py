@@ -169,7 +169,7 @@ def test_closure_window_and_threshold(frame, value, closed):
     o[frame] = value
     rep = art.measure_clip("c", sequence(o, verts), verts, lip, phones, FPS)
     assert rep.threshold - rep.neutral_gap == pytest.approx(0.002, abs=1e-9)
-    assert rep.bilabials[0][4] is closed, rep.bilabials
+    assert rep.bilabials[0].closed is closed, rep.bilabials
 
 
 def test_upper_face_motion_and_silence_motion():

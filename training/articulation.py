@@ -37,6 +37,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -51,6 +52,17 @@ SILENCE_MARGIN = 0.100   # s away from any speech phone for a frame to count as 
 MAX_LAG = 10             # frames
 GAP_FLOOR = 1e-4         # m: the bilabial mean used in the ratio is at least 0.1 mm
 FAR_FIELD_FRACTION = 0.25  # of the bounding-box diagonal from the lips: "far from the mouth"
+
+
+class Bilabial(NamedTuple):
+    """One P, B or M phone as measured: gaps in metres, times in seconds."""
+    phone: str
+    start: float
+    end: float
+    min_gap: float   # smallest inner-lip gap within the phone +-CLOSURE_WINDOW
+    closed: bool     # min_gap at or below the clip's closure threshold
+    opening: float   # mean opening above the neutral gap over the phone
+    after: str       # the phone before it (SIL after silence or at the start)
 
 
 @dataclass(frozen=True)
@@ -89,10 +101,8 @@ class ClipReport:
     neutral_gap: float              # m
     threshold: float                # m: closed when the gap is at or below this
     phones: list                    # [(phone, start_s, end_s)]
-    bilabials: list = field(default_factory=list)   # [(phone, start, end, min_gap_m, closed)]
+    bilabials: list = field(default_factory=list)   # [Bilabial]
     vowel_openings: list = field(default_factory=list)     # m, one per open vowel
-    bilabial_openings: list = field(default_factory=list)  # m, one per bilabial
-    bilabial_after: list = field(default_factory=list)     # the phone before each bilabial (SIL first)
     silence_lip_motion: list = field(default_factory=list)  # m, per silent frame
     speech_upper_motion: list = field(default_factory=list)  # m, per speech frame
     speech_far_motion: list = field(default_factory=list)  # m, per speech frame
@@ -107,10 +117,10 @@ class ClipReport:
         """Each bilabial with its timing, its smallest gap (phone ±30 ms) and mean opening over
         the phone, both above the neutral gap: which closures a model misses (after silence,
         /m/ or /p/), not only how many."""
-        return [{"phone": p, "start_s": _r(a), "end_s": _r(b), "after": after,
-                 "min_gap_mm": _r((low - self.neutral_gap) * 1e3), "opening_mm": _r(o * 1e3), "closed": closed}
-                for (p, a, b, low, closed), o, after in zip(self.bilabials, self.bilabial_openings,
-                                                            self.bilabial_after)]
+        return [{"phone": b.phone, "start_s": _r(b.start), "end_s": _r(b.end), "after": b.after,
+                 "min_gap_mm": _r((b.min_gap - self.neutral_gap) * 1e3), "opening_mm": _r(b.opening * 1e3),
+                 "closed": b.closed}
+                for b in self.bilabials]
 
 
 def _r(x, nd=3):
@@ -185,12 +195,11 @@ def measure_clip(name: str, seq, neutral, lip: InnerLip, phones, fps: float, lip
     rep = ClipReport(name, fps, gap, g0, g0 + CLOSURE_FRACTION * rng, phones)
     for i, (p, a, b) in enumerate(phones):
         if p in BILABIALS:
+            low = float(gap[_frames_in(a - CLOSURE_WINDOW, b + CLOSURE_WINDOW, fps, n)].min())
             # a closure from rest (after silence) and one inside running speech are different tasks
-            rep.bilabial_after.append("SIL" if i == 0 or phones[i - 1][0] in SILENCE else phones[i - 1][0])
-            fr = _frames_in(a - CLOSURE_WINDOW, b + CLOSURE_WINDOW, fps, n)
-            low = float(gap[fr].min())
-            rep.bilabials.append((p, a, b, low, bool(low <= rep.threshold)))
-            rep.bilabial_openings.append(float(gap[_frames_in(a, b, fps, n)].mean() - g0))
+            after = "SIL" if i == 0 or phones[i - 1][0] in SILENCE else phones[i - 1][0]
+            rep.bilabials.append(Bilabial(p, a, b, low, bool(low <= rep.threshold),
+                                          float(gap[_frames_in(a, b, fps, n)].mean() - g0), after))
         elif p in OPEN_VOWELS:
             rep.vowel_openings.append(float(gap[_frames_in(a, b, fps, n)].mean() - g0))
     if lips is not None:
@@ -215,12 +224,12 @@ def summarise(reports) -> dict:
     """Pooled measures of several clips (phones and frames pooled, lags by median)."""
     bil = [b for r in reports for b in r.bilabials]
     vow = [v for r in reports for v in r.vowel_openings]
-    bo = [v for r in reports for v in r.bilabial_openings]
+    bo = [b.opening for b in bil]
     sil = [v for r in reports for v in r.silence_lip_motion]
     upp = [v for r in reports for v in r.speech_upper_motion]
     far = [v for r in reports for v in r.speech_far_motion]
     lags = [r.lag_frames for r in reports if r.lag_frames is not None]
-    closed = sum(1 for b in bil if b[4])
+    closed = sum(1 for b in bil if b.closed)
     mv = float(np.mean(vow)) if vow else None
     mb = float(np.mean(bo)) if bo else None
     mm = 1e3
@@ -342,9 +351,9 @@ def plot_clip(rep: ClipReport, path, samples=None, sr: int = 16000) -> Path:
         if p in BILABIALS or p in OPEN_VOWELS:
             ax.axvspan(a, b, color=color, alpha=0.12, lw=0)
         ax.text(0.5 * (a + b), top, p, ha="center", va="bottom", fontsize=6, color=color, rotation=90)
-    for p, a, b, low, closed in rep.bilabials:
-        ax.plot([0.5 * (a + b)], [(low - rep.neutral_gap) * 1e3], "v" if closed else "x",
-                color="tab:green" if closed else "tab:red", ms=6)
+    for bl in rep.bilabials:
+        ax.plot([0.5 * (bl.start + bl.end)], [(bl.min_gap - rep.neutral_gap) * 1e3], "v" if bl.closed else "x",
+                color="tab:green" if bl.closed else "tab:red", ms=6)
     ax.set_ylabel("inner-lip opening (mm)")
     s = rep.summary()
     ax.set_title(f"{rep.name}: bilabials closed {s['bilabials_closed']}/{s['bilabials']}, "
