@@ -130,14 +130,21 @@ def test_real_speech_scores_of_a_checkpoint(phone_run, tmp_path, capsys):
     wav = sorted(SPEECH.glob("*.wav"))[1]
     shutil.copy(wav, speech / wav.name)
     line = next(ln for ln in (SPEECH / "transcription").read_text().splitlines() if wav.stem in ln)
-    (speech / "transcription").write_text(line + "\n")
+    import soundfile as sf
+
+    sf.write(str(speech / "blip.wav"), np.zeros(4800, np.float32), 16000)  # too short for its text
+    (speech / "transcription").write_text(line + "\nhad he married a more amiable woman (blip)\n")
     assert audio_pretrain.main(["--checkpoint", str(phone_run / "last.pt"), "--speech-dir", str(speech),
                                 "--json", str(tmp_path / "s.json")]) == 0
     res = json.loads((tmp_path / "s.json").read_text())
+    # a clip the aligner cannot place is skipped with its reason, as training.articulation does
+    assert list(res["skipped"]) == ["blip"] and "could not align" in res["skipped"]["blip"]
+    printed = capsys.readouterr()
+    assert list(res["clips"]) == [wav.stem] and "blip: skipped" in printed.err
     n = int(np.floor(len(load_audio(wav)) / 16000 * 30 + 1e-6)) + 1
     s = res["clips"][wav.stem]
     assert 0.8 * n < s["frames"] <= n and 0.0 <= s["acc"] <= 1.0 and s["ce"] > 0  # aligned phones cover the speech
-    assert res["pooled"] == s and f"all: accuracy {s['acc']:.3f}" in capsys.readouterr().out
+    assert res["pooled"] == s and f"all: accuracy {s['acc']:.3f}" in printed.out
     # the model file has no viseme head: a clear refusal
     assert audio_pretrain.main(["--checkpoint", str(phone_run / "best.pt"), "--speech-dir", str(speech)]) == 2
     assert "no viseme head" in capsys.readouterr().err
@@ -241,3 +248,23 @@ def test_default_v4_config_fine_tunes_the_shipped_architecture():
     v5 = load_config(root / "training" / "configs" / "default_v5.toml", ["data.root=/x"])
     assert {**asdict(v5.model), "name": ""} == {**asdict(v4.model), "name": ""}
     assert v5.augment.vtlp_prob > 0 and not v5.train.init_fresh_audio and v5.train.audio_lr_scale < v4.train.audio_lr_scale
+
+
+def test_bilabials_heard_by_what_comes_before():
+    """Each run of PP frames counts once, by the viseme before it; heard when any of its frames is
+    called PP; unlabelled frames (-1) are skipped."""
+    from training.audio_pretrain import bilabials_heard, confusion_lines
+    from training.synth.visemes import VISEMES
+
+    v = {name: VISEMES.index(name) for name in ("sil", "PP", "aa", "kk")}
+    labels = torch.tensor([v[x] if x else -1 for x in
+                           ["sil", "sil", "PP", "PP", "aa", "aa", "PP", None, "kk", "PP", "PP", "aa"]])
+    # one per labelled frame: the first run heard on its second frame, the others not at all
+    pred = torch.tensor([v[x] for x in ["sil", "sil", "aa", "PP", "aa", "aa", "aa", "kk", "sil", "sil", "aa"]])
+    assert bilabials_heard(labels, pred) == {"silence": [1, 1], "vowel": [0, 1], "consonant": [0, 1]}
+    pred[8] = v["PP"]  # the last run's first frame (the unlabelled frame takes no place in pred)
+    heard = bilabials_heard(labels, pred)
+    assert heard["consonant"] == [1, 1]
+    lines = confusion_lines({"visemes": list(VISEMES), "confusion": [[0] * len(VISEMES)] * len(VISEMES),
+                             "bilabials_heard": heard})
+    assert lines == ["  bilabials heard (a frame called PP): after silence 1/1, after a vowel 0/1, after a consonant 1/1"]

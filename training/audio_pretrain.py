@@ -158,6 +158,33 @@ def clip_logits(model, head, wavs: dict, labels: dict) -> dict:
     return {c: _logits(model, head, wavs[c], labels[c]) for c in sorted(wavs)}
 
 
+VOWEL_VISEMES = ("aa", "E", "ih", "oh", "ou")
+
+
+def bilabials_heard(labels: torch.Tensor, pred: torch.Tensor) -> dict:
+    """{context: [heard, runs]} over the runs of PP frames among a clip's labelled frames: heard when
+    the head calls at least one frame of the run PP; the context is the viseme of the run before
+    (silence, a vowel, a consonant; silence at the start). A closure after an open vowel is the one
+    a miss leaves open, so a recall by context says where a model's missed closures come from."""
+    from training.synth.visemes import VISEMES
+
+    pp, sil = VISEMES.index("PP"), VISEMES.index("sil")
+    vowels = {VISEMES.index(v) for v in VOWEL_VISEMES}
+    y = labels[labels >= 0].tolist()
+    out = {"silence": [0, 0], "vowel": [0, 0], "consonant": [0, 0]}
+    before, i = sil, 0
+    while i < len(y):
+        j = i
+        while j < len(y) and y[j] == y[i]:
+            j += 1
+        if y[i] == pp:
+            ctx = "silence" if before == sil else "vowel" if before in vowels else "consonant"
+            out[ctx][0] += int(bool((pred[i:j] == pp).any()))
+            out[ctx][1] += 1
+        before, i = y[i], j
+    return out
+
+
 def score_logits(logits: dict, labels: dict) -> dict:
     """Scores per clip of `labels` and pooled, and the confusion matrix (rows: the label, columns:
     the head's guess; viseme order of training.synth.visemes.VISEMES)."""
@@ -166,15 +193,19 @@ def score_logits(logits: dict, labels: dict) -> dict:
     k = len(VISEMES)
     confusion = torch.zeros(k * k, dtype=torch.long)
     per_clip = {}
+    heard = {"silence": [0, 0], "vowel": [0, 0], "consonant": [0, 0]}
     for c in sorted(labels):
         y = labels[c]
         ce, correct, m, pred = _frame_scores(logits[c], y)
         confusion += torch.bincount(y[y >= 0] * k + pred, minlength=k * k)
+        for ctx, (h, n) in bilabials_heard(y, pred).items():
+            heard[ctx][0] += h
+            heard[ctx][1] += n
         per_clip[c] = {"ce": float(ce) / max(m, 1), "acc": float(correct) / max(m, 1), "frames": float(m)}
     n = sum(s["frames"] for s in per_clip.values())
     pooled = {key: sum(s[key] * s["frames"] for s in per_clip.values()) / max(n, 1.0) for key in ("ce", "acc")}
     return {"pooled": {**pooled, "frames": n}, "clips": per_clip,
-            "visemes": list(VISEMES), "confusion": confusion.view(k, k).tolist()}
+            "visemes": list(VISEMES), "confusion": confusion.view(k, k).tolist(), "bilabials_heard": heard}
 
 
 def confusion_lines(res: dict, min_frames: int = 10) -> list[str]:
@@ -187,6 +218,9 @@ def confusion_lines(res: dict, min_frames: int = 10) -> list[str]:
             top = conf[i].argsort(descending=True)[:3]
             lines.append(f"  {name:4s} {n:5d} frames, recall {float(conf[i, i]) / n:.2f}; called "
                          + ", ".join(f"{names[j]} {int(conf[i, j])}" for j in top))
+    if "bilabials_heard" in res:
+        lines.append("  bilabials heard (a frame called PP): " + ", ".join(
+            f"after {'a ' if ctx != 'silence' else ''}{ctx} {h}/{n}" for ctx, (h, n) in res["bilabials_heard"].items()))
     return lines
 
 
@@ -201,15 +235,22 @@ def real_speech_scores(checkpoint, speech_dir) -> dict:
     from training.train import viseme_labels
 
     model, head, phone_lead = load_scorer(checkpoint)
-    wavs, labels = {}, {}
+    wavs, labels, skipped = {}, {}, {}
     for name, path, text in speech_dir_audios(speech_dir):
         samples = load_audio(path)
-        phones, _ = align(samples, 16000, text)
+        try:
+            phones, _ = align(samples, 16000, text)
+        except RuntimeError as exc:  # as in training.articulation: the clip is lost, not the score
+            print(f"{name}: skipped, {exc}", file=sys.stderr)
+            skipped[name] = str(exc)
+            continue
         wavs[name] = samples
         labels[name] = viseme_labels(phones, model.num_frames(len(samples)), model.cfg.fps, phone_lead)
     if not wavs:
-        raise ValueError(f"no .wav files in {speech_dir}")
-    return {"checkpoint": str(checkpoint), **score_logits(clip_logits(model, head, wavs, labels), labels)}
+        raise ValueError(f"no .wav files in {speech_dir}" if not skipped else
+                         f"pocketsphinx aligned none of the {len(skipped)} recordings in {speech_dir}")
+    return {"checkpoint": str(checkpoint), **score_logits(clip_logits(model, head, wavs, labels), labels),
+            "skipped": skipped}
 
 
 def synthetic_scores(checkpoint, data_root, split: str = "test", every: int = 1, aligned: bool = False) -> dict:
