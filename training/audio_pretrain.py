@@ -11,7 +11,9 @@ step costs tens of milliseconds on a CPU core where a joint step costs over a se
 
 `python -m training.audio_pretrain --checkpoint last.pt` scores a run's audio path alone: on real
 recordings (`--speech-dir`, pocketsphinx-aligned) or on a synthetic split (`--data`, the
-generator's phones; `--aligned` also scores its English clips against pocketsphinx's phones).
+generator's phones; `--aligned` also scores its English clips against pocketsphinx's phones);
+`--confusion` adds each viseme's recall and how often the bilabials are heard after silence, a
+vowel or a consonant (a bilabial the head misses after an open vowel leaves the mouth open).
 """
 from __future__ import annotations
 
