@@ -161,6 +161,7 @@ def clip_logits(model, head, wavs: dict, labels: dict) -> dict:
 
 
 VOWEL_VISEMES = ("aa", "E", "ih", "oh", "ou")
+CONTEXTS = ("silence", "vowel", "consonant")  # what comes before a bilabial
 
 
 def bilabials_heard(labels: torch.Tensor, pred: torch.Tensor) -> dict:
@@ -173,7 +174,7 @@ def bilabials_heard(labels: torch.Tensor, pred: torch.Tensor) -> dict:
     pp, sil = VISEMES.index("PP"), VISEMES.index("sil")
     vowels = {VISEMES.index(v) for v in VOWEL_VISEMES}
     y = labels[labels >= 0].tolist()
-    out = {"silence": [0, 0], "vowel": [0, 0], "consonant": [0, 0]}
+    out = {ctx: [0, 0] for ctx in CONTEXTS}
     before, i = sil, 0
     while i < len(y):
         j = i
@@ -195,7 +196,7 @@ def score_logits(logits: dict, labels: dict) -> dict:
     k = len(VISEMES)
     confusion = torch.zeros(k * k, dtype=torch.long)
     per_clip = {}
-    heard = {"silence": [0, 0], "vowel": [0, 0], "consonant": [0, 0]}
+    heard = {ctx: [0, 0] for ctx in CONTEXTS}
     for c in sorted(labels):
         y = labels[c]
         ce, correct, m, pred = _frame_scores(logits[c], y)
