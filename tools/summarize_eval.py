@@ -252,15 +252,12 @@ def main(argv=None) -> int:
             return 2
         print("\n".join(run(argv[1], argv[2])))
         return 0
-    show = summarize
+    show, usage = summarize, __doc__.strip().splitlines()[2].strip()
     if argv[:1] == ["--misses"]:
-        show, argv = misses, argv[1:]
+        show, usage, argv = misses, "usage: summarize_eval.py --misses FOLDER... (evaluate_model folders or reports)", argv[1:]
     folders = [Path(a) for a in argv]
-    if not folders and show is misses:
-        print("usage: summarize_eval.py --misses FOLDER... (evaluate_model folders or reports)", file=sys.stderr)
-        return 2
     if not folders:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     for folder in folders:
         print("\n".join(show(folder)))

@@ -297,6 +297,23 @@ def align(samples: np.ndarray, sr: int, text: str | None = None) -> tuple[list, 
     return phones, words
 
 
+def aligned_audios(audios, skipped: dict):
+    """(name, samples, phones, transcript) of each (name, wav_path, transcript or None) that
+    pocketsphinx aligns; each one it cannot goes into `skipped` with the reason (and to stderr):
+    a clip the aligner cannot place costs that clip, not the report."""
+    from backend.audio_io import load_audio
+
+    for name, wav, text in audios:
+        samples = load_audio(wav)
+        try:
+            phones, words = align(samples, 16000, text)
+        except RuntimeError as exc:
+            print(f"{name}: skipped, {exc}", file=sys.stderr)
+            skipped[name] = str(exc)
+            continue
+        yield name, samples, phones, words
+
+
 def speech_dir_audios(folder) -> list[tuple[str, Path, str | None]]:
     """(name, wav path, transcript or None) of every .wav in `folder`, transcripts from its CMU
     `transcription` file when there is one (../shared/data/speech's layout)."""
@@ -429,18 +446,9 @@ class TalkingHead:
 def report_model(mesh, lips, audios, out_dir, upper=None, checkpoint=None, fit_size=None,
                  device="cpu", plots=True, size_factor=1.0) -> dict:
     """Animate `mesh` with each (name, wav_path, transcript or None) and report."""
-    from backend.audio_io import load_audio
-
     head = TalkingHead(mesh, lips, fit_size, checkpoint, device, size_factor)
     reports, clips, skipped = [], {}, {}
-    for name, wav, text in audios:
-        samples = load_audio(wav)
-        try:
-            phones, words = align(samples, 16000, text)
-        except RuntimeError as exc:  # one clip the aligner cannot place costs that clip, not the report
-            print(f"{name}: skipped, {exc}", file=sys.stderr)
-            skipped[name] = str(exc)
-            continue
+    for name, samples, phones, words in aligned_audios(audios, skipped):
         seq, fps = head.speak(samples)
         rep = measure_clip(name, seq, head.verts, head.lip, phones, fps, lips=lips, upper=upper,
                            samples=samples)

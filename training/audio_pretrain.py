@@ -22,6 +22,7 @@ import json
 import math
 import re
 import sys
+from itertools import groupby
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -173,18 +174,15 @@ def bilabials_heard(labels: torch.Tensor, pred: torch.Tensor) -> dict:
 
     pp, sil = VISEMES.index("PP"), VISEMES.index("sil")
     vowels = {VISEMES.index(v) for v in VOWEL_VISEMES}
-    y = labels[labels >= 0].tolist()
     out = {ctx: [0, 0] for ctx in CONTEXTS}
     before, i = sil, 0
-    while i < len(y):
-        j = i
-        while j < len(y) and y[j] == y[i]:
-            j += 1
-        if y[i] == pp:
+    for v, run in groupby(labels[labels >= 0].tolist()):
+        j = i + len(list(run))
+        if v == pp:
             ctx = "silence" if before == sil else "vowel" if before in vowels else "consonant"
             out[ctx][0] += int(bool((pred[i:j] == pp).any()))
             out[ctx][1] += 1
-        before, i = y[i], j
+        before, i = v, j
     return out
 
 
@@ -233,20 +231,12 @@ def real_speech_scores(checkpoint, speech_dir) -> dict:
     This is the synthetic-to-real gap of the audio path itself, before any mesh: labels from an
     aligner are rougher than the generator's (synthetic_scores(aligned=True) measures by how much),
     so compare models on the same clips, not with the synthetic score."""
-    from backend.audio_io import load_audio
-    from training.articulation import align, speech_dir_audios
+    from training.articulation import aligned_audios, speech_dir_audios
     from training.train import viseme_labels
 
     model, head, phone_lead = load_scorer(checkpoint)
     wavs, labels, skipped = {}, {}, {}
-    for name, path, text in speech_dir_audios(speech_dir):
-        samples = load_audio(path)
-        try:
-            phones, _ = align(samples, 16000, text)
-        except RuntimeError as exc:  # as in training.articulation: the clip is lost, not the score
-            print(f"{name}: skipped, {exc}", file=sys.stderr)
-            skipped[name] = str(exc)
-            continue
+    for name, samples, phones, _ in aligned_audios(speech_dir_audios(speech_dir), skipped):
         wavs[name] = samples
         labels[name] = viseme_labels(phones, model.num_frames(len(samples)), model.cfg.fps, phone_lead)
     if not wavs:
