@@ -268,3 +268,29 @@ def test_bilabials_heard_by_what_comes_before():
     lines = confusion_lines({"visemes": list(VISEMES), "confusion": [[0] * len(VISEMES)] * len(VISEMES),
                              "bilabials_heard": heard})
     assert lines == ["  bilabials heard (a frame called PP): after silence 1/1, after a vowel 0/1, after a consonant 1/1"]
+
+
+def test_false_bilabial_calls_and_the_threshold_free_score():
+    """A PP call with no labelled PP within two frames is false; one near a bilabial is not. The AUC
+    ranks the PP score of bilabial frames against all others, whatever the head's bias."""
+    from training.audio_pretrain import bilabial_auc, confusion_lines, false_bilabials
+    from training.synth.visemes import VISEMES
+
+    v = {name: VISEMES.index(name) for name in ("sil", "PP", "aa")}
+    labels = torch.tensor([v[x] for x in ["sil", "aa", "PP", "PP", "aa", "aa", "aa", "aa", "aa", "sil"]])
+    # a call two frames after the bilabial (near), and one in the middle of the vowel (false)
+    pred = torch.tensor([v[x] for x in ["sil", "aa", "aa", "aa", "aa", "PP", "aa", "PP", "aa", "sil"]])
+    assert false_bilabials(labels, pred) == (1, 2)
+    assert false_bilabials(labels, pred, slack=4) == (0, 2)
+    logits = torch.zeros(len(labels), len(VISEMES))
+    logits[:, v["PP"]] = torch.tensor([0.0, 1, 5, 6, 2, 3, 0, 4, 0, 0])  # frames 2, 3 highest: separable
+    assert bilabial_auc({"a": logits}, {"a": labels}) == pytest.approx(1.0)
+    logits[3, v["PP"]] = 3.5  # now below frame 7 (4.0), above all the rest
+    assert bilabial_auc({"a": logits}, {"a": labels}) == pytest.approx(15 / 16)
+    shifted = logits.clone()
+    shifted[:, v["PP"]] += 10.0  # a head that merely calls PP more: the same ranking
+    assert bilabial_auc({"a": shifted}, {"a": labels}) == pytest.approx(15 / 16)
+    lines = confusion_lines({"visemes": list(VISEMES), "confusion": [[0] * len(VISEMES)] * len(VISEMES),
+                             "false_bilabials": [1, 2], "bilabial_auc": 15 / 16})
+    assert lines == ["  PP called where no bilabial is within 2 frames: 1 of 2 runs; "
+                     "bilabial frames ranked above the others (AUC): 0.938"]

@@ -82,6 +82,22 @@ def test_closure_gap_error():
     assert n == 3 and s == pytest.approx(1.0 + 0.0 + 0.5)
 
 
+def test_phone_loss_weighs_bilabial_frames():
+    """PP frames weigh bilabial_weight times the others, the mean taken over the weights."""
+    logits = torch.randn(6, 15, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, L.PP_CLASS, 3, L.PP_CLASS, -1, 10])
+    ce = torch.nn.functional.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+    known, pp = labels >= 0, labels == L.PP_CLASS
+    assert L.phone_loss(logits, labels, 1.0).item() == pytest.approx(ce[known].mean().item())
+    expected = (ce[known & ~pp].sum() + 4 * ce[pp].sum()) / (int((known & ~pp).sum()) + 4 * int(pp.sum()))
+    assert L.phone_loss(logits, labels, 4.0).item() == pytest.approx(expected.item())
+    out = L.compute_losses(torch.zeros(6, 3, 3), torch.zeros(6, 3, 3), L.LossWeights(phone=1.0, phone_bilabial_weight=4.0),
+                           phone_logits=logits, phone_labels=labels)
+    assert out["phone"].item() == pytest.approx(expected.item())
+    with pytest.raises(ValueError, match="phone_bilabial_weight must be above 0"):
+        L.LossWeights(phone_bilabial_weight=0.0)
+
+
 def test_phone_loss_and_graph_without_labels():
     logits = torch.zeros(4, 15, requires_grad=True)
     labels = torch.tensor([0, 1, -1, 1])

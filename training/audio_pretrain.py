@@ -34,6 +34,7 @@ from torch import nn
 
 from backend.model import ScanTalk
 from training.augment import augment_audio
+from training.losses import PP_CLASS, phone_loss
 
 
 def audio_parameters(model: ScanTalk) -> list[nn.Parameter]:
@@ -80,12 +81,14 @@ def viseme_scores(model, head, clips: Sequence, wav_of: Callable, labels_of: Cal
 
 def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Callable,
                    labels_of: Callable, *, steps: int, lr: float, grad_clip: float, aug, seed: int,
-                   d, log, val_clips: Sequence = (), log_every: int = 250) -> dict:
+                   d, log, val_clips: Sequence = (), log_every: int = 250,
+                   bilabial_weight: float = 1.0) -> dict:
     """Train the audio path and `head` on viseme cross-entropy for `steps` steps of one clip per
     rank (gradients averaged over the ranks, so the replicas stay identical). `wav_of(clip)` gives
     the 16 kHz waveform, `labels_of(clip)` the viseme class of every motion frame (-1 unknown).
-    Audio augmentation as in joint training; cosine decay from lr to lr/10. Returns the validation
-    scores before and after."""
+    Audio augmentation as in joint training; cosine decay from lr to lr/10; the PP frames weigh
+    `bilabial_weight` (training.losses.phone_loss). Returns the validation scores before and after
+    (unweighted)."""
     params = audio_parameters(model) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     before = viseme_scores(model, head, val_clips, wav_of, labels_of, d) if val_clips else None
@@ -102,8 +105,10 @@ def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Ca
         if aug is not None and aug.any_audio:
             wav, _ = augment_audio(wav, aug, rng)
         y = labels_of(clip)
-        ce, correct, m, _ = _frame_scores(_logits(model, head, wav, y), y)
-        loss = ce / max(m, 1)
+        logits = _logits(model, head, wav, y)
+        loss = phone_loss(logits, y, bilabial_weight)
+        known = y >= 0
+        correct, m = (logits[known].argmax(1) == y[known]).sum(), int(known.sum())
         for g in opt.param_groups:
             g["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / max(1, steps))))
         opt.zero_grad(set_to_none=True)
@@ -172,7 +177,7 @@ def bilabials_heard(labels: torch.Tensor, pred: torch.Tensor) -> dict:
     a miss leaves open, so a recall by context says where a model's missed closures come from."""
     from training.synth.visemes import VISEMES
 
-    pp, sil = VISEMES.index("PP"), VISEMES.index("sil")
+    pp, sil = PP_CLASS, VISEMES.index("sil")
     vowels = {VISEMES.index(v) for v in VOWEL_VISEMES}
     out = {ctx: [0, 0] for ctx in CONTEXTS}
     before, i = sil, 0
@@ -186,6 +191,39 @@ def bilabials_heard(labels: torch.Tensor, pred: torch.Tensor) -> dict:
     return out
 
 
+def false_bilabials(labels: torch.Tensor, pred: torch.Tensor, slack: int = 2) -> tuple[int, int]:
+    """(runs of frames the head calls PP with no labelled PP frame within `slack` frames, all such
+    runs) among a clip's labelled frames: each false one would shut the lips where the speech has
+    no closure, so a head that hears more bilabials only by calling PP more often shows here."""
+    y = labels[labels >= 0]
+    near = F.max_pool1d((y == PP_CLASS).float()[None, None], 2 * slack + 1, 1, slack)[0, 0] > 0
+    false = runs = i = 0
+    for v, run in groupby(pred.tolist()):
+        j = i + len(list(run))
+        if v == PP_CLASS:
+            runs += 1
+            false += int(not bool(near[i:j].any()))
+        i = j
+    return false, runs
+
+
+def bilabial_auc(logits: dict, labels: dict) -> float:
+    """How well the head's PP score ranks bilabial frames above all others (area under the ROC
+    curve over every labelled frame): unlike recall it does not move when a model merely calls PP
+    more often, e.g. trained with a larger loss.phone_bilabial_weight."""
+    from scipy.stats import mannwhitneyu
+
+    score, pos = [], []
+    for c in sorted(labels):
+        known = labels[c] >= 0
+        score.append(torch.log_softmax(logits[c][known], 1)[:, PP_CLASS])
+        pos.append(labels[c][known] == PP_CLASS)
+    score, pos = torch.cat(score).double().numpy(), torch.cat(pos).numpy()
+    if pos.all() or not pos.any():
+        return float("nan")
+    return float(mannwhitneyu(score[pos], score[~pos]).statistic / (pos.sum() * (~pos).sum()))
+
+
 def score_logits(logits: dict, labels: dict) -> dict:
     """Scores per clip of `labels` and pooled, and the confusion matrix (rows: the label, columns:
     the head's guess; viseme order of training.synth.visemes.VISEMES)."""
@@ -195,6 +233,7 @@ def score_logits(logits: dict, labels: dict) -> dict:
     confusion = torch.zeros(k * k, dtype=torch.long)
     per_clip = {}
     heard = {ctx: [0, 0] for ctx in CONTEXTS}
+    false = [0, 0]
     for c in sorted(labels):
         y = labels[c]
         ce, correct, m, pred = _frame_scores(logits[c], y)
@@ -202,11 +241,13 @@ def score_logits(logits: dict, labels: dict) -> dict:
         for ctx, (h, n) in bilabials_heard(y, pred).items():
             heard[ctx][0] += h
             heard[ctx][1] += n
+        false = [a + b for a, b in zip(false, false_bilabials(y, pred))]
         per_clip[c] = {"ce": float(ce) / max(m, 1), "acc": float(correct) / max(m, 1), "frames": float(m)}
     n = sum(s["frames"] for s in per_clip.values())
     pooled = {key: sum(s[key] * s["frames"] for s in per_clip.values()) / max(n, 1.0) for key in ("ce", "acc")}
     return {"pooled": {**pooled, "frames": n}, "clips": per_clip,
-            "visemes": list(VISEMES), "confusion": confusion.view(k, k).tolist(), "bilabials_heard": heard}
+            "visemes": list(VISEMES), "confusion": confusion.view(k, k).tolist(), "bilabials_heard": heard,
+            "false_bilabials": false, "bilabial_auc": bilabial_auc(logits, labels)}
 
 
 def confusion_lines(res: dict, min_frames: int = 10) -> list[str]:
@@ -222,6 +263,10 @@ def confusion_lines(res: dict, min_frames: int = 10) -> list[str]:
     if "bilabials_heard" in res:
         lines.append("  bilabials heard (a frame called PP): " + ", ".join(
             f"after {'a ' if ctx != 'silence' else ''}{ctx} {h}/{n}" for ctx, (h, n) in res["bilabials_heard"].items()))
+    if "false_bilabials" in res:
+        f, n = res["false_bilabials"]
+        lines.append(f"  PP called where no bilabial is within 2 frames: {f} of {n} runs; "
+                     f"bilabial frames ranked above the others (AUC): {res['bilabial_auc']:.3f}")
     return lines
 
 

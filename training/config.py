@@ -78,6 +78,7 @@ class LossSection:
     # cross-entropy against the viseme of each frame from the clip's phone timings.
     phone: float = 0.0
     phone_lead: float = 0.06  # seconds: a frame's label is the phone sounding this much later
+    phone_bilabial_weight: float = 1.0  # the PP frames' weight in that cross-entropy (and in audio pre-training)
     # Measure every loss at life size: coordinates x unit_scale / the example's random size
     # (train.augment_log_scale), so a head drawn at 1.65x weighs no more than one at 0.61x (squared
     # millimetres would weigh it 7x more) and the closure thresholds grow with the head.

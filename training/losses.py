@@ -11,7 +11,8 @@
 - `gap_loss`: squared error of the inner-lip gap (the clearance between the lips, y up, per frame,
   as training.lip_geometry measures it on any topology), weighted up where the
   target lips are closed (`gap_weights`), so that p/b/m closures are not averaged away.
-- `phone_loss`: cross-entropy of an auxiliary per-frame viseme classifier (labels -1 = unknown).
+- `phone_loss`: cross-entropy of an auxiliary per-frame viseme classifier (labels -1 = unknown),
+  optionally with the bilabial (PP) frames weighted up.
 
 `compute_losses` combines them with configurable weights; coordinates are multiplied by
 `unit_scale` first (1000: metres → millimetres, so Adam sees gradients of a sensible size).
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from training.lip_geometry import InnerLip
 from training.lip_geometry import lip_gap as _lip_gap
+from training.synth.visemes import VISEMES
 
 VELOCITY_AXES = ("time", "vertices")
 
@@ -79,11 +81,20 @@ def gap_loss(pred_gap: torch.Tensor, target_gap: torch.Tensor, weights: torch.Te
     return (err if weights is None else weights * err).mean()
 
 
-def phone_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of [T, C] logits against [T] class labels; frames labelled -1 are ignored."""
+PP_CLASS = VISEMES.index("PP")
+
+
+def phone_loss(logits: torch.Tensor, labels: torch.Tensor, bilabial_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of [T, C] logits against [T] class labels; frames labelled -1 are ignored.
+    `bilabial_weight` weighs the PP frames that much more (the mean is over the weights): bilabials
+    are ~5% of the frames, and the one viseme whose miss leaves the mouth visibly open."""
     if not bool((labels >= 0).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, labels, ignore_index=-1)
+    weight = None
+    if bilabial_weight != 1.0:
+        weight = torch.ones(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+        weight[PP_CLASS] = bilabial_weight
+    return F.cross_entropy(logits, labels, weight=weight, ignore_index=-1)
 
 
 def closure_gap_error(pred_gap: torch.Tensor, target_gap: torch.Tensor, neutral_gap: float,
@@ -118,17 +129,21 @@ class LossWeights:
     gap_bilabial_boost: float = 0.0
     lip_closure: float = 0.0
     phone: float = 0.0
+    phone_bilabial_weight: float = 1.0
 
     def __post_init__(self):
         if self.velocity_axis not in VELOCITY_AXES:
             raise ValueError(f"velocity_axis must be one of {VELOCITY_AXES}, not {self.velocity_axis!r}")
+        if not self.phone_bilabial_weight > 0:
+            raise ValueError(f"phone_bilabial_weight must be above 0, not {self.phone_bilabial_weight}")
 
     @classmethod
     def from_section(cls, sec) -> "LossWeights":
         return cls(mse=sec.mse, mae=sec.mae, lip=sec.lip, velocity=sec.velocity, velocity_axis=sec.velocity_axis,
                    unit_scale=sec.unit_scale, gap=sec.gap, gap_closure_boost=sec.gap_closure_boost,
                    gap_closure_mm=sec.gap_closure_mm, gap_bilabial_boost=sec.gap_bilabial_boost,
-                   lip_closure=sec.lip_closure, phone=sec.phone)
+                   lip_closure=sec.lip_closure, phone=sec.phone,
+                   phone_bilabial_weight=sec.phone_bilabial_weight)
 
 
 def compute_losses(pred: torch.Tensor, target: torch.Tensor, weights: LossWeights,
@@ -181,7 +196,7 @@ def compute_losses(pred: torch.Tensor, target: torch.Tensor, weights: LossWeight
         out["gap"] = nan
         out["lip_closure"] = nan
     if phone_logits is not None and phone_labels is not None:
-        out["phone"] = phone_loss(phone_logits, phone_labels)
+        out["phone"] = phone_loss(phone_logits, phone_labels, weights.phone_bilabial_weight)
         total = total + weights.phone * out["phone"]
     else:
         out["phone"] = nan

@@ -562,7 +562,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
 
         pretrain_audio(model, phone_head, labelled, store.wav, labels_of, steps=tc.audio_pretrain_steps,
                        lr=tc.audio_pretrain_lr, grad_clip=tc.grad_clip, aug=cfg.augment, seed=tc.seed,
-                       d=d, log=log, val_clips=[c for c in val_clips if c.name in phones])
+                       d=d, log=log, val_clips=[c for c in val_clips if c.name in phones],
+                       bilabial_weight=cfg.loss.phone_bilabial_weight)
     audio = set(map(id, audio_parameters(model)))
     main_params = [p for p in model.parameters() if p.requires_grad and id(p) not in audio]
     audio_params = audio_parameters(model) + ([] if phone_head is None else list(phone_head.parameters()))
