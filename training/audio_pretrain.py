@@ -330,8 +330,9 @@ def synthetic_scores(checkpoint, data_root, split: str = "test", every: int = 1,
     if not ali:
         raise ValueError("pocketsphinx aligned none of the English clips")
     agree = [(labels[k] == ali[k])[(labels[k] >= 0) & (ali[k] >= 0)] for k in ali]
-    return {**res, "generator": score_logits(logits, {k: labels[k] for k in ali})["pooled"],
-            "aligned": score_logits(logits, ali)["pooled"], "aligned_skipped": skipped,
+    gen, al = score_logits(logits, {k: labels[k] for k in ali}), score_logits(logits, ali)
+    return {**res, "generator": {**gen["pooled"], "bilabial_auc": gen["bilabial_auc"]},
+            "aligned": {**al["pooled"], "bilabial_auc": al["bilabial_auc"]}, "aligned_skipped": skipped,
             "label_agreement": float(torch.cat(agree).float().mean())}
 
 
@@ -368,7 +369,8 @@ def main(argv=None) -> int:
         g, al = res["generator"], res["aligned"]
         print(f"{g['frames']:.0f} frames of English clips: accuracy {g['acc']:.3f} against the generator's phones, "
               f"{al['acc']:.3f} against pocketsphinx's (cross-entropy {g['ce']:.3f}, {al['ce']:.3f}); the labels "
-              f"agree on {res['label_agreement']:.3f} of the frames; {len(res['aligned_skipped'])} clips not aligned")
+              f"agree on {res['label_agreement']:.3f} of the frames; {len(res['aligned_skipped'])} clips not aligned; "
+              f"bilabial AUC {g['bilabial_auc']:.3f} against the generator's, {al['bilabial_auc']:.3f} against pocketsphinx's")
     if a.confusion:
         print("\n".join(confusion_lines(res)))
     s = res["pooled"]
