@@ -31,6 +31,8 @@ def test_evaluate_model_folder(tmp_path):
         json.dumps({"mouth_r_mean": 0.934, "mouth_r_by_language": by_lang}))
     (tmp_path / "prompts_flame").mkdir()
     (tmp_path / "prompts_flame" / "articulation.json").write_text(json.dumps({"pooled": POOLED}))
+    (tmp_path / "voices_demo").mkdir()
+    (tmp_path / "voices_demo" / "articulation.json").write_text(json.dumps({"pooled": POOLED}))
     (tmp_path / "artic_flame").mkdir()
     (tmp_path / "artic_flame" / "articulation.json").write_text(json.dumps({"pooled": POOLED}))
     for k, vowel in (("1.5", 6.75), ("0.67", 2.25)):  # in proportion at 1.5x, half at 0.67x
@@ -41,10 +43,11 @@ def test_evaluate_model_folder(tmp_path):
     assert lines[1] == f"  flame  {LINE}"
     assert lines[2] == f"  demo   {LINE}"
     assert lines[3] == f"  prompts/flame {LINE}"
-    assert lines[4].startswith("  size 0.67x closed 27/29") and lines[4].endswith(
+    assert lines[4] == f"  voices/demo {LINE}"
+    assert lines[5].startswith("  size 0.67x closed 27/29") and lines[5].endswith(
         "open vowels 0.50x life size's (in proportion: 0.67x)")
-    assert lines[5].startswith("  size 1.5x ") and lines[5].endswith("1.50x life size's (in proportion: 1.5x)")
-    assert lines[6] == ("  synth  LVE 19.4 mm² (0.28x still face), MVE 0.50 mm, mouth r 0.934, "
+    assert lines[6].startswith("  size 1.5x ") and lines[6].endswith("1.50x life size's (in proportion: 1.5x)")
+    assert lines[7] == ("  synth  LVE 19.4 mm² (0.28x still face), MVE 0.50 mm, mouth r 0.934, "
                         "hu/ta/sw 0.95/-/0.96")
     assert summ.main([]) == 2
 

@@ -2,8 +2,8 @@
 
     python tools/summarize_eval.py /work/data/eval4_v4 /work/data/eval5_v5
 
-Real speech on each head (artic_flame, artic_demo, artic_biwi; the studio prompts and the
-telephone set as prompts_HEAD and telephone_HEAD; FLAME_sample off life size as size_K) and the
+Real speech on each head (artic_flame, artic_demo, artic_biwi; the studio prompts, the
+telephone set and the seven recordings as prompts_HEAD, telephone_HEAD and voices_HEAD; FLAME_sample off life size as size_K) and the
 synthetic test's articulation (artic_synth): bilabials closed, open-vowel and bilabial opening,
 their ratio, lips in silence, upper face and far field during speech (mm), lag (frames).
 Synthetic test (synth): LVE and its ratio to a still face's, MVE, mouth r overall and in the
@@ -53,7 +53,7 @@ import numpy as np
 STILL_FACE_LVE_MM2 = 69.4
 UNSEEN = ("hu", "ta", "sw")
 BILABIAL_FLOOR_MM = 0.1  # training.articulation's GAP_FLOOR: the ratio's bilabial mean is at least this
-JUDGES = ("prompts", "telephone")  # evaluate_model.sh's independent real-speech sets
+JUDGES = ("prompts", "telephone", "voices")  # evaluate_model.sh's independent real-speech sets
 VOWELS = ("AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW")  # ARPAbet
 
 
