@@ -34,7 +34,9 @@ def resample_frames(feats: torch.Tensor, n_frames: int) -> torch.Tensor:
 
 
 class AudioEncoder(nn.Module):
-    """Interface: `forward(wav [1, N] float32 at 16 kHz, n_frames) -> [1, n_frames, out_dim]`."""
+    """Interface: `forward(wav [1, N] float32 at 16 kHz, n_frames, feature_transform=None) ->
+    [1, n_frames, out_dim]`. `feature_transform` is a trainer's augmentation of the features the
+    encoder computes (training.augment.spec_mask); only encoders that compute features support it."""
 
     out_dim: int
     # Seconds of context each side of a window when long audio is encoded in pieces.
@@ -103,7 +105,9 @@ class TransformerSpeechEncoder(AudioEncoder):
         # The official inference rule: int(N50 / 50 * fps).
         return int(self.conv_frames(num_samples) / 50.0 * fps)
 
-    def forward(self, wav: torch.Tensor, n_frames: int) -> torch.Tensor:
+    def forward(self, wav: torch.Tensor, n_frames: int, feature_transform=None) -> torch.Tensor:
+        if feature_transform is not None:
+            raise ValueError(f"feature masking needs the logmel audio encoder, not {self.kind}")
         x = normalize_waveform(wav)
         feats = self.model.feature_extractor(x)  # [1, 512, N50]
         feats = resample_frames(feats, n_frames).transpose(1, 2)
@@ -199,8 +203,9 @@ class LogMelEncoder(AudioEncoder):
         ph = [torch.from_numpy(phone_frames(row, m.shape[2])) for row in x.detach().float().cpu().numpy()]
         return torch.cat([m, torch.stack(ph).to(m)], dim=1)
 
-    def forward(self, wav: torch.Tensor, n_frames: int) -> torch.Tensor:
-        h = self.convs(self.features(wav))
+    def forward(self, wav: torch.Tensor, n_frames: int, feature_transform=None) -> torch.Tensor:
+        f = self.features(wav)
+        h = self.convs(f if feature_transform is None else feature_transform(f))
         h = resample_frames(h, n_frames).transpose(1, 2)
         return self.proj(h)
 

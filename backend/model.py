@@ -67,9 +67,9 @@ class ScanTalk(nn.Module):
     def num_frames(self, num_samples: int, fps: float | None = None) -> int:
         return self.audio_encoder.num_frames(num_samples, fps or self.cfg.fps)
 
-    def encode_audio(self, wav: torch.Tensor, n_frames: int) -> torch.Tensor:
-        """wav [1, N] at 16 kHz → audio latents [T, latent]."""
-        hidden = self.audio_encoder(wav, n_frames)
+    def encode_audio(self, wav: torch.Tensor, n_frames: int, feature_transform=None) -> torch.Tensor:
+        """wav [1, N] at 16 kHz → audio latents [T, latent] (`feature_transform`: training only)."""
+        hidden = self.audio_encoder(wav, n_frames, feature_transform)
         out, _ = self.lstm(self.audio_embedding(hidden))
         return out[0]
 

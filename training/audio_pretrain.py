@@ -34,6 +34,7 @@ from torch import nn
 
 from backend.model import ScanTalk
 from training.augment import augment_audio
+from training.feature_mask import feature_masker
 from training.losses import PP_CLASS, phone_loss
 
 
@@ -43,10 +44,10 @@ def audio_parameters(model: ScanTalk) -> list[nn.Parameter]:
     return [p for m in mods for p in m.parameters() if p.requires_grad]
 
 
-def _logits(model, head, wav: np.ndarray, labels: torch.Tensor) -> torch.Tensor:
+def _logits(model, head, wav: np.ndarray, labels: torch.Tensor, feature_transform=None) -> torch.Tensor:
     """[frames, visemes] of one clip, one frame per label, on the labels' device."""
     x = torch.from_numpy(np.ascontiguousarray(wav, np.float32))[None].to(labels.device)
-    return head(model.encode_audio(x, len(labels)))
+    return head(model.encode_audio(x, len(labels), feature_transform))
 
 
 def _frame_scores(logits: torch.Tensor, labels: torch.Tensor):
@@ -86,7 +87,7 @@ def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Ca
     """Train the audio path and `head` on viseme cross-entropy for `steps` steps of one clip per
     rank (gradients averaged over the ranks, so the replicas stay identical). `wav_of(clip)` gives
     the 16 kHz waveform, `labels_of(clip)` the viseme class of every motion frame (-1 unknown).
-    Audio augmentation as in joint training; cosine decay from lr to lr/10; the PP frames weigh
+    Audio augmentation (and feature masking) as in joint training; cosine decay from lr to lr/10; the PP frames weigh
     `bilabial_weight` (training.losses.phone_loss). Returns the validation scores before and after
     (unweighted)."""
     params = audio_parameters(model) + list(head.parameters())
@@ -105,7 +106,7 @@ def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Ca
         if aug is not None and aug.any_audio:
             wav, _ = augment_audio(wav, aug, rng)
         y = labels_of(clip)
-        logits = _logits(model, head, wav, y)
+        logits = _logits(model, head, wav, y, feature_masker(aug, np.random.default_rng([seed, 23, d.rank, step])))
         loss = phone_loss(logits, y, bilabial_weight)
         known = y >= 0
         correct, m = (logits[known].argmax(1) == y[known]).sum(), int(known.sum())

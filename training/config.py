@@ -144,6 +144,12 @@ class AugmentSection:
     codec_prob: float = 0.0  # mu-law 8-bit or a round trip through 8 kHz (half each)
     speed_prob: float = 0.0  # speed perturbation: audio resampled, motion time-scaled with it
     speed: list = field(default_factory=lambda: [0.9, 1.1])  # factor; > 1 = faster
+    # Log-mel feature masking (training/feature_mask.py): bands of mel bins and spans of 10 ms
+    # steps per example, each 0 to its width wide (logmel audio encoders only).
+    spec_freq_masks: int = 0
+    spec_freq_width: int = 8
+    spec_time_masks: int = 0
+    spec_time_width: int = 10
 
     @property
     def any_audio(self) -> bool:

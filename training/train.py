@@ -63,6 +63,7 @@ from training.audio_pretrain import audio_parameters, pretrain_audio
 from training.augment import augment_audio, interpolate_frames, speed_frame_positions, speed_perturb
 from training.config import ConfigError, TrainConfig, load_config
 from training.datasets import Clip, DatasetError, DatasetListing, check_clip, read_clips, read_dataset
+from training.feature_mask import feature_masker
 from training.lip_geometry import inner_lip
 from training.losses import GapInputs, LossWeights, closure_gap_error, compute_losses, lip_gap
 from training.weight_average import WeightAverage
@@ -353,8 +354,8 @@ class WindowStep(nn.Module):
         self.model = model
         self.phone_head = phone_head  # trainer-only viseme classifier on the audio latents
 
-    def forward(self, wav, n_frames: int, f0: int, f1: int, neutral, ops):
-        audio = self.model.encode_audio(wav, n_frames)
+    def forward(self, wav, n_frames: int, f0: int, f1: int, neutral, ops, feature_transform=None):
+        audio = self.model.encode_audio(wav, n_frames, feature_transform)
         logits = None if self.phone_head is None else self.phone_head(audio)  # every frame
         geom = self.model.encode_geometry(neutral, ops)
         return neutral[None] + self.model.decode(geom, audio[f0:f1], ops), logits
@@ -662,7 +663,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         lr = learning_rate(step, tc)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
-        pred, logits = net(ex.wav, ex.n_frames, ex.f0, ex.f1, ex.neutral, ex.ops)
+        masker = feature_masker(aug, np.random.default_rng([tc.seed, 29, d.rank, step]))
+        pred, logits = net(ex.wav, ex.n_frames, ex.f0, ex.f1, ex.neutral, ex.ops, masker)
         w = example_weights(weights, ex.size, cfg.loss.at_life_size)
         terms = compute_losses(pred, ex.target, w, ex.lips, ex.gap, logits, ex.visemes)
         opt.zero_grad(set_to_none=True)
