@@ -36,7 +36,7 @@ def resample_frames(feats: torch.Tensor, n_frames: int) -> torch.Tensor:
 class AudioEncoder(nn.Module):
     """Interface: `forward(wav [1, N] float32 at 16 kHz, n_frames, feature_transform=None) ->
     [1, n_frames, out_dim]`. `feature_transform` is a trainer's augmentation of the features the
-    encoder computes (training.augment.spec_mask); only encoders that compute features support it."""
+    encoder computes (training.feature_mask); only encoders that compute features support it."""
 
     out_dim: int
     # Seconds of context each side of a window when long audio is encoded in pieces.

@@ -87,9 +87,9 @@ def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Ca
     """Train the audio path and `head` on viseme cross-entropy for `steps` steps of one clip per
     rank (gradients averaged over the ranks, so the replicas stay identical). `wav_of(clip)` gives
     the 16 kHz waveform, `labels_of(clip)` the viseme class of every motion frame (-1 unknown).
-    Audio augmentation (and feature masking) as in joint training; cosine decay from lr to lr/10; the PP frames weigh
-    `bilabial_weight` (training.losses.phone_loss). Returns the validation scores before and after
-    (unweighted)."""
+    Audio augmentation and feature masking as in joint training; cosine decay from lr to lr/10;
+    the PP frames weigh `bilabial_weight` (training.losses.phone_loss). Returns the validation
+    scores before and after (unweighted)."""
     params = audio_parameters(model) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     before = viseme_scores(model, head, val_clips, wav_of, labels_of, d) if val_clips else None
