@@ -37,6 +37,8 @@ def test_masker_only_when_asked_and_only_for_log_mel():
     assert feature_masker(cfg.augment, np.random.default_rng(0)) is None and feature_masker(None, None) is None
     cfg = load_config(None, ["augment.spec_freq_masks=2", "augment.spec_freq_width=30"])
     masker = feature_masker(cfg.augment, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="spec_freq_width"):
+        feature_masker(load_config(None, ["augment.spec_time_masks=1", "augment.spec_time_width=-2"]).augment, None)
     enc = LogMelEncoder(n_mels=40, hidden=8, out_dim=4).eval()
     wav = torch.from_numpy(np.random.default_rng(1).standard_normal(16000).astype(np.float32))[None]
     seen = []

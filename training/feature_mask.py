@@ -39,5 +39,7 @@ def feature_masker(aug, rng: np.random.Generator) -> Callable | None:
     """The masking `aug` (an [augment] section) asks for, drawing from `rng`; None when it asks for none."""
     if aug is None or (aug.spec_freq_masks <= 0 and aug.spec_time_masks <= 0):
         return None
+    if min(aug.spec_freq_width, aug.spec_time_width) < 0:
+        raise ValueError("augment.spec_freq_width and spec_time_width must be 0 or more")
     return partial(mask_features, rng=rng, freq_masks=aug.spec_freq_masks, freq_width=aug.spec_freq_width,
                    time_masks=aug.spec_time_masks, time_width=aug.spec_time_width)

@@ -65,14 +65,15 @@ from training.config import ConfigError, TrainConfig, load_config
 from training.datasets import Clip, DatasetError, DatasetListing, check_clip, read_clips, read_dataset
 from training.feature_mask import feature_masker
 from training.lip_geometry import inner_lip
-from training.losses import GapInputs, LossWeights, closure_gap_error, compute_losses, lip_gap
+from training.losses import PP_CLASS, GapInputs, LossWeights, closure_gap_error, compute_losses, lip_gap
+from training.synth.visemes import VISEMES
 from training.weight_average import WeightAverage
 
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
 warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
 
 SAMPLE_RATE = 16000
-N_VISEMES, PP_CLASS = 15, 1  # training.synth.visemes.VISEMES: sil, PP, FF, ...
+N_VISEMES = len(VISEMES)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -234,7 +235,7 @@ def read_phones(data) -> dict[str, list]:
 def frame_visemes(phones, times: np.ndarray) -> np.ndarray:
     """Viseme class (index into training.synth.visemes.VISEMES) of the phone sounding at each
     time; -1 where no phone covers it. Diphthongs are split as the generator splits them."""
-    from training.synth.visemes import VISEMES, viseme_segments
+    from training.synth.visemes import viseme_segments
 
     index = {v: i for i, v in enumerate(VISEMES)}
     out = np.full(len(times), -1, np.int64)
