@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import re
 import shlex
 import subprocess
@@ -43,6 +42,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import soundfile as sf
 
+from backend.audio_io import load_audio
 from training.articulation import dictionary_words, write_transcriptions
 
 SAMPLE_RATE = 16000
@@ -107,22 +107,12 @@ def tar_members(archive: bytes) -> dict[str, bytes]:
                 for m in tar.getmembers() if m.isfile() and "/" in m.name}
 
 
-def to_16k(samples: np.ndarray, sr: int) -> np.ndarray:
-    """Mono float32 at SAMPLE_RATE."""
-    samples = np.asarray(samples, np.float32)
-    if samples.ndim > 1:
-        samples = samples.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        from scipy.signal import resample_poly
-
-        g = math.gcd(int(sr), SAMPLE_RATE)
-        samples = resample_poly(samples, SAMPLE_RATE // g, int(sr) // g).astype(np.float32)
-    return samples
-
-
 def wav(data: bytes) -> np.ndarray:
-    samples, sr = sf.read(io.BytesIO(data), dtype="float32")
-    return to_16k(samples, sr)
+    """A sound file's bytes as mono float32 at SAMPLE_RATE, read as the backend reads any audio."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip.wav"
+        path.write_bytes(data)
+        return load_audio(path, target_sr=SAMPLE_RATE)
 
 
 def raw_pcm(data: bytes) -> np.ndarray:
