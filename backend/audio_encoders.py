@@ -148,11 +148,15 @@ class LogMelEncoder(AudioEncoder):
     `phones="pocketsphinx"` adds one channel per phone (backend/phone_stream.py): the phone a
     recogniser trained on real speech hears in each 10 ms step, one-hot beside the log-mel.
     `mel=False` leaves the log-mel out (phones alone, plus the loudness of each step).
+    `dilation=d` spaces layer i's taps d**i steps apart (a temporal conv net): the context each
+    feature hears grows from 1 + (kernel-1)*n_layers steps to 1 + (kernel-1)*(d**n_layers-1)/(d-1)
+    at the same weights and cost; a phone is told apart partly by the formant transitions into
+    and out of its neighbours.
     """
 
     def __init__(self, n_mels: int = 80, hidden: int = 128, out_dim: int = 128, n_layers: int = 2,
                  kernel: int = 5, hop: int = 160, n_fft: int = 400, norm: str = "utterance",
-                 phones: str = "none", mel: bool = True):
+                 phones: str = "none", mel: bool = True, dilation: int = 1):
         super().__init__()
         if norm not in ("utterance", "bin"):
             raise ValueError(f"logmel norm must be 'utterance' or 'bin', got {norm!r}")
@@ -160,17 +164,23 @@ class LogMelEncoder(AudioEncoder):
             raise ValueError(f"logmel phones must be 'none' or 'pocketsphinx', got {phones!r}")
         if not mel and phones == "none":
             raise ValueError("logmel with mel = false needs phones = 'pocketsphinx' (it would hear nothing)")
+        if int(dilation) != dilation or dilation < 1:
+            raise ValueError(f"logmel dilation must be a whole number >= 1, got {dilation!r}")
+        if kernel % 2 == 0:
+            raise ValueError(f"logmel kernel must be odd (features stay on their frames), got {kernel}")
         if phones != "none" and hop != 160:
             raise ValueError(f"logmel phones need hop = 160 (10 ms, the recogniser's frame), got {hop}")
         self.norm, self.phones, self.mel = norm, phones, bool(mel)
         self.n_mels, self.hidden, self.n_layers, self.kernel = n_mels, hidden, n_layers, kernel
-        self.hop, self.n_fft, self.out_dim = hop, n_fft, out_dim
+        self.hop, self.n_fft, self.out_dim, self.dilation = hop, n_fft, out_dim, int(dilation)
         self.register_buffer("mel_fb", torch.from_numpy(mel_filterbank(n_fft, n_mels)), persistent=False)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         layers, c = [], (n_mels if mel else 1) + (len(PHONES) if phones != "none" else 0)
-        for _ in range(n_layers):
+        for i in range(n_layers):
+            d = self.dilation ** i
             # replicate padding: a clip's edges look like its neighbouring audio, not like a click of zeros
-            layers += [nn.Conv1d(c, hidden, kernel, padding=kernel // 2, padding_mode="replicate"), nn.GELU()]
+            layers += [nn.Conv1d(c, hidden, kernel, padding=(kernel // 2) * d, dilation=d, padding_mode="replicate"),
+                       nn.GELU()]
             c = hidden
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Linear(hidden, out_dim)
@@ -178,7 +188,7 @@ class LogMelEncoder(AudioEncoder):
     def config_dict(self) -> dict:
         return dict(n_mels=self.n_mels, hidden=self.hidden, out_dim=self.out_dim, n_layers=self.n_layers,
                     kernel=self.kernel, hop=self.hop, n_fft=self.n_fft, norm=self.norm,
-                    phones=self.phones, mel=self.mel)
+                    phones=self.phones, mel=self.mel, dilation=self.dilation)
 
     def num_frames(self, num_samples: int, fps: float) -> int:
         # The synthetic data rule: frames = floor(duration * fps) + 1 (first and last sample).

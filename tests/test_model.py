@@ -150,6 +150,27 @@ def test_logmel_bin_norm_takes_out_the_recording_channel():
         LogMelEncoder(norm="channel")
 
 
+@pytest.mark.parametrize("dilation, layers, span", [(1, 3, 13), (2, 3, 29), (3, 2, 17)])
+def test_logmel_dilation_widens_the_context_and_keeps_the_frames(dilation, layers, span):
+    """One changed log-mel step moves exactly the outputs within the receptive field,
+    1 + (kernel-1) * sum(dilation**i): 130 ms at version 4's shape, 290 ms at dilation 2."""
+    torch.manual_seed(0)
+    enc = LogMelEncoder(n_mels=8, hidden=8, out_dim=4, n_layers=layers, kernel=5, dilation=dilation).eval()
+    assert enc.config_dict()["dilation"] == dilation
+    x = torch.zeros(1, 8, 200)
+    poked = x.clone()
+    poked[..., 100] = 1.0
+    with torch.no_grad():
+        a, b = enc.convs(x), enc.convs(poked)
+        assert enc(torch.randn(1, 32000), 61).shape == (1, 61, 4)  # the frame rule holds
+    assert a.shape == x.shape[:1] + (8, 200)
+    moved = ((b - a).abs().amax(dim=1)[0] > 0).nonzero().flatten()
+    assert (int(moved.min()), int(moved.max())) == (100 - span // 2, 100 + span // 2)
+    for bad in (dict(dilation=0), dict(dilation=1.5), dict(kernel=4)):
+        with pytest.raises(ValueError, match="dilation|kernel"):
+            LogMelEncoder(**bad)
+
+
 @pytest.mark.parametrize("kind", ["hubert", "wav2vec2"])
 def test_transformer_encoders_from_tiny_config_and_local_dir(kind, tmp_path):
     small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
