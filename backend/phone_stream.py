@@ -7,7 +7,7 @@ speech encoder trained only on text-to-speech voices reads real speech much wors
 the LibriVox clips the recogniser's frames fall in the right viseme class 68% of the time against
 50% for the bundled version-4 log-mel encoder, though those labels come from pocketsphinx's own
 aligner, so 68% flatters it. `LogMelEncoder(phones="pocketsphinx")` reads these frames beside the
-log-mel. The candidate trained with it (version 6) was not shipped: MODEL_CARD.md says why.
+log-mel. The candidate trained with it (version 6) was not shipped: docs/experiments.md says why.
 
 A fresh decoder per utterance: one reused across utterances carries adaptation state over, so the
 same audio would give different phones depending on what was decoded before it.
