@@ -294,3 +294,56 @@ def test_false_bilabial_calls_and_the_threshold_free_score():
                              "false_bilabials": [1, 2], "bilabial_auc": 15 / 16})
     assert lines == ["  PP called where no bilabial is within 2 frames: 1 of 2 runs; "
                      "bilabial frames ranked above the others (AUC): 0.938"]
+
+
+def test_phone_loop_names_the_viseme_of_each_recognised_phone(monkeypatch):
+    """The phone loop's logits are one-hot on the viseme of the phone pocketsphinx hears at each
+    frame's labelled instant (frame time + the default model's 32 ms lead); silence elsewhere."""
+    import backend.phone_stream as ps
+    from training import audio_pretrain
+    from training.synth.visemes import VISEMES
+
+    # 10 ms frames: silence to 0.1 s, /m/ to 0.25 s, /aa/ to 0.6 s, then nothing recognised
+    monkeypatch.setattr(ps, "recognise_phones", lambda wav: [("SIL", 0, 10), ("M", 10, 25), ("AA", 25, 60)])
+    scorer = audio_pretrain.phone_loop_scorer()
+    assert scorer.name == audio_pretrain.PHONE_LOOP and scorer.phone_lead == 0.032
+    assert scorer.num_frames(16000) == 31  # 1 s at 30 fps, first and last sample
+    x = scorer.logits(np.zeros(16000, np.float32), 31, 30.0)
+    assert x.shape == (31, len(VISEMES)) and torch.equal(x.sum(1), torch.ones(31))
+    # frame j shows the phone at j / 30 + 0.032 s: /m/ on frames 3-6, /aa/ on 7-17
+    want = ["sil"] * 3 + ["PP"] * 4 + ["aa"] * 11 + ["sil"] * 13
+    assert [VISEMES[i] for i in x.argmax(1).tolist()] == want
+
+
+@pytest.mark.skipif(not (SPEECH / "transcription").is_file(), reason="needs ../shared speech")
+def test_phone_loop_scores_real_speech(tmp_path, capsys):
+    """--phone-loop scores pocketsphinx's recogniser on real speech as a checkpoint's head is
+    scored: on a LibriVox clip it names most frames' visemes (0.66 here; chance, every frame the
+    likeliest class, is under 0.3)."""
+    pytest.importorskip("pocketsphinx", reason="pip install pocketsphinx")
+    import shutil
+
+    from backend.audio_io import load_audio
+    from training import audio_pretrain
+
+    speech = tmp_path / "speech"
+    speech.mkdir()
+    wav = sorted(SPEECH.glob("*.wav"))[1]
+    shutil.copy(wav, speech / wav.name)
+    (speech / "transcription").write_text(
+        next(ln for ln in (SPEECH / "transcription").read_text().splitlines() if wav.stem in ln) + "\n")
+    assert audio_pretrain.main(["--phone-loop", "--speech-dir", str(speech), "--confusion",
+                                "--json", str(tmp_path / "s.json")]) == 0
+    res = json.loads((tmp_path / "s.json").read_text())
+    assert res["checkpoint"] == audio_pretrain.PHONE_LOOP
+    n = audio_pretrain.phone_loop_scorer().num_frames(len(load_audio(wav)))
+    s = res["pooled"]
+    assert 0.8 * n < s["frames"] <= n and s["acc"] > 0.5
+    conf = np.array(res["confusion"])
+    assert conf.sum() == s["frames"] and np.trace(conf) / conf.sum() == pytest.approx(s["acc"])
+    heard = sum(h for h, _ in res["bilabials_heard"].values())
+    assert 0 < heard <= sum(k for _, k in res["bilabials_heard"].values())
+    assert "PP called where no bilabial" in capsys.readouterr().out
+    # one scorer at a time
+    with pytest.raises(SystemExit):
+        audio_pretrain.main(["--phone-loop", "--checkpoint", "x.pt", "--speech-dir", str(speech)])
