@@ -38,6 +38,7 @@ from backend.model import ScanTalk
 from training.augment import augment_audio
 from training.feature_mask import feature_masker
 from training.losses import PP_CLASS, phone_loss
+from training.phone_stream_sim import chain
 
 
 def audio_parameters(model: ScanTalk) -> list[nn.Parameter]:
@@ -85,13 +86,14 @@ def viseme_scores(model, head, clips: Sequence, wav_of: Callable, labels_of: Cal
 def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Callable,
                    labels_of: Callable, *, steps: int, lr: float, grad_clip: float, aug, seed: int,
                    d, log, val_clips: Sequence = (), log_every: int = 250,
-                   bilabial_weight: float = 1.0) -> dict:
+                   bilabial_weight: float = 1.0, phone_stream: Callable | None = None) -> dict:
     """Train the audio path and `head` on viseme cross-entropy for `steps` steps of one clip per
     rank (gradients averaged over the ranks, so the replicas stay identical). `wav_of(clip)` gives
     the 16 kHz waveform, `labels_of(clip)` the viseme class of every motion frame (-1 unknown).
     Audio augmentation and feature masking as in joint training; cosine decay from lr to lr/10;
-    the PP frames weigh `bilabial_weight` (training.losses.phone_loss). Returns the validation
-    scores before and after (unweighted)."""
+    the PP frames weigh `bilabial_weight` (training.losses.phone_loss); `phone_stream(clip,
+    n_samples, rng)` may give a feature transform that swaps in the generator's phones
+    (training.phone_stream_sim). Returns the validation scores before and after (unweighted)."""
     params = audio_parameters(model) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     before = viseme_scores(model, head, val_clips, wav_of, labels_of, d) if val_clips else None
@@ -108,7 +110,10 @@ def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Ca
         if aug is not None and aug.any_audio:
             wav, _ = augment_audio(wav, aug, rng)
         y = labels_of(clip)
-        logits = _logits(model, head, wav, y, feature_masker(aug, np.random.default_rng([seed, 23, d.rank, step])))
+        stream = None if phone_stream is None else \
+            phone_stream(clip, len(wav), np.random.default_rng([seed, 31, d.rank, step]))
+        masker = feature_masker(aug, np.random.default_rng([seed, 23, d.rank, step]))
+        logits = _logits(model, head, wav, y, chain(stream, masker))
         loss = phone_loss(logits, y, bilabial_weight)
         known = y >= 0
         correct, m = (logits[known].argmax(1) == y[known]).sum(), int(known.sum())

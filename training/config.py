@@ -150,6 +150,11 @@ class AugmentSection:
     spec_freq_width: int = 8
     spec_time_masks: int = 0
     spec_time_width: int = 10
+    # The generator's phones in place of the recogniser's (training/phone_stream_sim.py; a model
+    # with model.audio.config.phones = "pocketsphinx"): the share of examples, and of their phones
+    # swapped for another.
+    phones_from_labels_prob: float = 0.0
+    phones_from_labels_error: float = 0.3
 
     @property
     def any_audio(self) -> bool:

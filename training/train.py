@@ -66,6 +66,7 @@ from training.datasets import Clip, DatasetError, DatasetListing, check_clip, re
 from training.feature_mask import feature_masker
 from training.lip_geometry import inner_lip
 from training.losses import PP_CLASS, GapInputs, LossWeights, closure_gap_error, compute_losses, lip_gap
+from training.phone_stream_sim import chain, phones_from_labels, stream_times
 from training.synth.visemes import VISEMES
 from training.weight_average import WeightAverage
 
@@ -277,6 +278,8 @@ class Example:
     gap: GapInputs | None = None  # inner lip of this subject (bilabial frames: of the window)
     visemes: torch.Tensor | None = None  # [n_frames] viseme class per frame (-1 unknown), or None
     size: float = 1.0  # the random scale applied to neutral and target (augment_size)
+    pad0: int = 0  # silent frames put before the clip
+    speed: float = 1.0  # the speed perturbation's factor (> 1: faster)
 
 
 def make_example(clip: Clip, shape: Shape, store: ClipStore, tcfg, rng: np.random.Generator,
@@ -336,7 +339,7 @@ def make_example(clip: Clip, shape: Shape, store: ClipStore, tcfg, rng: np.rando
         g0 = float(lip_gap(neutral[None], shape.upper, shape.lower)[0])
         gap = GapInputs(shape.upper, shape.lower, g0, bilabial)
     return Example(torch.from_numpy(np.ascontiguousarray(wav))[None].to(device), total, f0, f1,
-                   neutral, ops, target, shape.lips, gap, visemes, s)
+                   neutral, ops, target, shape.lips, gap, visemes, s, pad0, speed)
 
 
 def example_weights(weights: LossWeights, size: float, at_life_size: bool) -> LossWeights:
@@ -524,6 +527,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         f"{frame_size:.4f}; {d.world} process(es) on {device}")
 
     mcfg = build_model_config(cfg, train_set.fps, frame_size)
+    if cfg.augment.phones_from_labels_prob > 0 and (mcfg.audio.get("config") or {}).get("phones") != "pocketsphinx":
+        raise ConfigError("augment.phones_from_labels_prob swaps the generator's phones in for the recogniser's: "
+                          "it needs model.audio.config.phones = \"pocketsphinx\" (a log-mel encoder that reads them)")
     shapes = prepare_shapes([train_set] + ([val_set] if val_set is not None else []),
                             mcfg.k_eig, mcfg.grad_eps, cfg.data.operator_cache or None, d, device, log)
     phones = read_phones(cfg.data)
@@ -562,10 +568,13 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                 labels[clip.name] = viseme_labels(phones[clip.name], n, clip.fps, cfg.loss.phone_lead).to(device)
             return labels[clip.name]
 
+        def stream_of(clip, n_samples, rng):
+            return phones_from_labels(cfg.augment, phones.get(clip.name), stream_times(n_samples, clip.fps), rng)
+
         pretrain_audio(model, phone_head, labelled, store.wav, labels_of, steps=tc.audio_pretrain_steps,
                        lr=tc.audio_pretrain_lr, grad_clip=tc.grad_clip, aug=cfg.augment, seed=tc.seed,
                        d=d, log=log, val_clips=[c for c in val_clips if c.name in phones],
-                       bilabial_weight=cfg.loss.phone_bilabial_weight)
+                       bilabial_weight=cfg.loss.phone_bilabial_weight, phone_stream=stream_of)
     audio = set(map(id, audio_parameters(model)))
     main_params = [p for p in model.parameters() if p.requires_grad and id(p) not in audio]
     audio_params = audio_parameters(model) + ([] if phone_head is None else list(phone_head.parameters()))
@@ -665,7 +674,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         masker = feature_masker(aug, np.random.default_rng([tc.seed, 29, d.rank, step]))
-        pred, logits = net(ex.wav, ex.n_frames, ex.f0, ex.f1, ex.neutral, ex.ops, masker)
+        times = stream_times(ex.wav.shape[1], clip.fps, ex.pad0, ex.speed)
+        stream = phones_from_labels(aug, phones.get(clip.name), times, np.random.default_rng([tc.seed, 37, d.rank, step]))
+        pred, logits = net(ex.wav, ex.n_frames, ex.f0, ex.f1, ex.neutral, ex.ops, chain(stream, masker))
         w = example_weights(weights, ex.size, cfg.loss.at_life_size)
         terms = compute_losses(pred, ex.target, w, ex.lips, ex.gap, logits, ex.visemes)
         opt.zero_grad(set_to_none=True)
