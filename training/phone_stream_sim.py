@@ -6,7 +6,7 @@ the training data its phone loop names the viseme of 62% of the frames and hears
 bilabial frames; on real recordings 69-72% and 65-68% (`python -m training.audio_pretrain
 --phone-loop`). A model trained only on its output for synthetic voices learns that the stream is
 weak evidence, most of all for bilabials, and on real speech leans on the log-mel, which it reads
-worse there (50-55% of the frames). `[augment] phones_from_labels_prob` gives that share of the
+worse there (51-63% of the frames). `[augment] phones_from_labels_prob` gives that share of the
 examples a stream of the generator's true phones instead, each phone swapped for a random one
 with probability `phones_from_labels_error` and its edges moved by up to 20 ms, so the model also
 learns what the stream is worth when it is about as right as the recogniser is on real speech.
