@@ -574,7 +574,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         pretrain_audio(model, phone_head, labelled, store.wav, labels_of, steps=tc.audio_pretrain_steps,
                        lr=tc.audio_pretrain_lr, grad_clip=tc.grad_clip, aug=cfg.augment, seed=tc.seed,
                        d=d, log=log, val_clips=[c for c in val_clips if c.name in phones],
-                       bilabial_weight=cfg.loss.phone_bilabial_weight, phone_stream=stream_of)
+                       bilabial_weight=cfg.loss.phone_bilabial_weight,
+                       phone_stream=stream_of if cfg.augment.phones_from_labels_prob > 0 else None)
     audio = set(map(id, audio_parameters(model)))
     main_params = [p for p in model.parameters() if p.requires_grad and id(p) not in audio]
     audio_params = audio_parameters(model) + ([] if phone_head is None else list(phone_head.parameters()))
@@ -674,8 +675,11 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         masker = feature_masker(aug, np.random.default_rng([tc.seed, 29, d.rank, step]))
-        times = stream_times(ex.wav.shape[1], clip.fps, ex.pad0, ex.speed)
-        stream = phones_from_labels(aug, phones.get(clip.name), times, np.random.default_rng([tc.seed, 37, d.rank, step]))
+        stream = None
+        if aug.phones_from_labels_prob > 0:
+            times = stream_times(ex.wav.shape[1], clip.fps, ex.pad0, ex.speed)
+            stream = phones_from_labels(aug, phones.get(clip.name), times,
+                                        np.random.default_rng([tc.seed, 37, d.rank, step]))
         pred, logits = net(ex.wav, ex.n_frames, ex.f0, ex.f1, ex.neutral, ex.ops, chain(stream, masker))
         w = example_weights(weights, ex.size, cfg.loss.at_life_size)
         terms = compute_losses(pred, ex.target, w, ex.lips, ex.gap, logits, ex.visemes)
