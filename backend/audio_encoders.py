@@ -33,6 +33,12 @@ def resample_frames(feats: torch.Tensor, n_frames: int) -> torch.Tensor:
     return F.interpolate(feats, size=n_frames, mode="linear", align_corners=True)
 
 
+def clip_frames(num_samples: int, fps: float) -> int:
+    """Animation frames of a clip, the synthetic data's rule: floor(duration * fps) + 1 (a frame
+    on the first and on the last sample). The log-mel encoder and anything scored like it use it."""
+    return int(math.floor(num_samples / SAMPLE_RATE * fps + 1e-6)) + 1
+
+
 class AudioEncoder(nn.Module):
     """Interface: `forward(wav [1, N] float32 at 16 kHz, n_frames, feature_transform=None) ->
     [1, n_frames, out_dim]`. `feature_transform` is a trainer's augmentation of the features the
@@ -191,8 +197,7 @@ class LogMelEncoder(AudioEncoder):
                     phones=self.phones, mel=self.mel, dilation=self.dilation)
 
     def num_frames(self, num_samples: int, fps: float) -> int:
-        # The synthetic data rule: frames = floor(duration * fps) + 1 (first and last sample).
-        return int(math.floor(num_samples / SAMPLE_RATE * fps + 1e-6)) + 1
+        return clip_frames(num_samples, fps)
 
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(wav, self.n_fft, self.hop, window=self.window, center=True, return_complex=True)

@@ -20,6 +20,7 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 FRAME_SECONDS = 0.01  # pocketsphinx's frame rate, the same as the log-mel hop
+HOP = int(SAMPLE_RATE * FRAME_SECONDS)  # samples per recogniser step
 # Silence first, then the 39 CMU phones (pocketsphinx's phone set, stress removed).
 PHONES = ("SIL", "AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY", "F", "G",
           "HH", "IH", "IY", "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P", "R", "S", "SH", "T", "TH",
@@ -61,7 +62,7 @@ def phone_frames(wav: np.ndarray, n_steps: int, floor_db: float = -60.0) -> np.n
     label = np.zeros(n_steps, np.int64)  # SIL
     for name, a, b in recognise_phones(wav):
         label[max(0, a):max(0, min(n_steps, b))] = _INDEX[name]
-    hop, half = int(SAMPLE_RATE * FRAME_SECONDS), 200
+    hop, half = HOP, 200
     padded = np.pad(wav, (half, half + hop * n_steps))
     power = np.cumsum(np.concatenate([[0.0], padded.astype(np.float64) ** 2]))
     centre = np.arange(n_steps) * hop + half

@@ -34,6 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from backend.audio_encoders import clip_frames
 from backend.model import ScanTalk
 from training.augment import augment_audio
 from training.feature_mask import feature_masker
@@ -207,10 +208,7 @@ def phone_loop_scorer(fps: float = 30.0, phone_lead: float = 0.032) -> Scorer:
         vis[vis < 0] = silence  # past the recogniser's last segment
         return F.one_hot(vis, N_VISEMES).float()
 
-    def num_frames(n_samples):  # the log-mel encoder's rule, as the synthetic data count frames
-        return int(math.floor(n_samples / 16000 * fps + 1e-6)) + 1
-
-    return Scorer(PHONE_LOOP, logits, num_frames, fps, phone_lead)
+    return Scorer(PHONE_LOOP, logits, lambda n_samples: clip_frames(n_samples, fps), fps, phone_lead)
 
 
 def scorer_of(checkpoint) -> Scorer:

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from backend.phone_stream import FRAME_SECONDS, PHONES
+from backend.phone_stream import FRAME_SECONDS, HOP, PHONES
 
 # The generator's phone names (lower-case ARPAbet for every language) that are not the recogniser's.
 ALIASES = {"ax": "AH", "ix": "IH", "dx": "D", "sil": "SIL"}
@@ -55,8 +55,8 @@ def label_stream(phones: Sequence, times: np.ndarray, rng: np.random.Generator, 
 
 def stream_times(n_samples: int, fps: float, pad0: int = 0, speed: float = 1.0) -> np.ndarray:
     """Original-clip time of each 10 ms feature step of a clip's (padded, sped-up) waveform: the
-    log-mel has one step per 160 samples, centred, so n_samples // 160 + 1 of them."""
-    steps = np.arange(n_samples // int(16000 * FRAME_SECONDS) + 1)
+    log-mel has one step per HOP samples, centred, so n_samples // HOP + 1 of them."""
+    steps = np.arange(n_samples // HOP + 1)
     return (steps * FRAME_SECONDS - pad0 / fps) * speed
 
 
