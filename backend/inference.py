@@ -26,6 +26,7 @@ from .mesh_io import load_mesh, validate_mesh
 from .model import ScanTalk
 from .operator_cache import cache_key, get_operators
 from .options import MAX_SECONDS, animate_options
+from .speech_spread import restore_spread, speech_frames
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,14 @@ def encode_speech(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float,
         out[f0:f1] += feats * ramp
         weight[f0:f1] += ramp
     return (out / weight)[None]
+
+
+def audio_latents(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float, check=None) -> torch.Tensor:
+    """What the decoder reads, [n_frames, latent]: the speech features through the BiLSTM, with
+    the spread of the model's training speech (backend/speech_spread.py)."""
+    feats = encode_speech(model, wav, n_frames, fps, check)
+    latents, _ = model.lstm(model.audio_embedding(feats))
+    return restore_spread(latents[0], speech_frames(wav, n_frames, fps), model.cfg.speech_spread)
 
 
 def input_warnings(model_verts: np.ndarray, reference_size: float, n_vertices: int) -> list[str]:
@@ -355,11 +364,8 @@ def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units
             n_frames = model.num_frames(wav.shape[1], cfg.fps)
             if n_frames < 2:
                 raise ScanTalkError("the audio is too short for even two frames of animation")
-            feats = encode_speech(model, wav, n_frames, cfg.fps, check)
+            audio_lat = audio_latents(model, wav, n_frames, cfg.fps, check)
             del wav
-            audio_lat, _ = model.lstm(model.audio_embedding(feats))
-            audio_lat = audio_lat[0]
-            del feats
             neutral = torch.from_numpy(model_verts).float().to(dev)
             geom = model.encode_geometry(neutral, ops)
             riders = ride_plan(model_verts, faces) if cfg.separate_parts == "ride" else RidePlan(())

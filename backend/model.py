@@ -32,6 +32,9 @@ class ModelConfig:
     # (a model trained on heads that have them, like the official FLAME weights); "ride" moves
     # them with the nearest skin (a model trained on one-piece heads: backend/components.py).
     separate_parts: str = "model"
+    # Per-dimension standard deviation of the audio latents over training speech; inference
+    # stretches each clip's latents to it (backend/speech_spread.py). Empty: left as they are.
+    speech_spread: tuple = ()
 
     def __post_init__(self):
         if self.separate_parts not in ("model", "ride"):
@@ -40,13 +43,15 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["frame_centre"] = list(self.frame_centre)
+        d["speech_spread"] = list(self.speech_spread)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "frame_centre" in known:
-            known["frame_centre"] = tuple(known["frame_centre"])
+        for key in ("frame_centre", "speech_spread"):
+            if key in known:
+                known[key] = tuple(known[key])
         return cls(**known)
 
 

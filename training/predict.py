@@ -58,7 +58,7 @@ def predict_clip(model, verts, faces, wav: np.ndarray, n_frames: int, cache=None
     """Absolute positions [n_frames, V, 3] (float32) for one template and one waveform."""
     from backend.diffusionnet import TorchOperators
     from backend.framing import fit_frame
-    from backend.inference import chunk_size, encode_speech
+    from backend.inference import audio_latents, chunk_size
     from backend.operator_cache import get_operators
 
     cfg = model.cfg
@@ -74,11 +74,10 @@ def predict_clip(model, verts, faces, wav: np.ndarray, n_frames: int, cache=None
             ops_memo.clear()  # keep one shape: clips come sorted by subject
             ops_memo[key] = ops
     w = torch.from_numpy(np.ascontiguousarray(wav, np.float32))[None].to(device)
-    feats = encode_speech(model, w, n_frames, cfg.fps)
-    audio, _ = model.lstm(model.audio_embedding(feats))
+    audio = audio_latents(model, w, n_frames, cfg.fps)
     neutral = torch.from_numpy(mverts.astype(np.float32)).to(device)
     geom = model.encode_geometry(neutral, ops)
-    offsets = model.decode(geom, audio[0], ops, chunk_frames=chunk_size(len(verts), cfg.width, torch.device(device)))
+    offsets = model.decode(geom, audio, ops, chunk_frames=chunk_size(len(verts), cfg.width, torch.device(device)))
     offsets = frame.offsets_from_model(offsets.float().cpu().numpy())
     return (verts[None].astype(np.float32) + offsets).astype(np.float32)
 

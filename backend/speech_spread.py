@@ -1,0 +1,58 @@
+"""Give a clip's audio latents the spread the model learned from, before the decoder reads them.
+
+A model trained on synthetic voices encodes real recorded speech with less spread: over the
+speech frames of a real clip its latents vary 5-30% less per dimension than over synthetic
+speech (the bundled model: 0.70-0.95x, median per set), and a decoder that reads less varied
+latents holds the lips half open, between the open vowels and the /p b m/ closures. So each
+clip's latents are stretched about the clip's own mean, per dimension, until their spread over
+its speech frames is the spread measured over the training speech (`ModelConfig.speech_spread`,
+written by `python -m training.speech_spread`). The clip's mean stays: moving it to the training
+mean too opened every frame wider, the bilabials most (docs/experiments.md).
+
+On the kind of speech the model was trained on, the spread already matches and the stretch is
+close to nothing; a model without `speech_spread` (the official weights) is left as it is.
+"""
+from __future__ import annotations
+
+import torch
+
+SAMPLE_RATE = 16000
+SPEECH_DB = 30.0  # a speech frame: within 30 dB of the clip's loud frames (95th percentile)
+MIN_SPEECH_FRAMES = 8  # fewer: no spread to measure, the latents are left as they are
+# A bound on the stretch for degenerate input (a pure tone, a dimension nearly constant over the
+# clip): real speech needs 0.8-1.7x (the bundled model's latents on real recordings, 10th-90th
+# percentile), so the bound never touches it.
+MAX_STRETCH = 4.0
+BLOCK_FRAMES = 4096  # frame energies a block at a time: an hour of audio without an hour of doubles
+
+
+def speech_frames(wav: torch.Tensor, n_frames: int, fps: float) -> torch.Tensor:
+    """[n_frames] bool: the animation frames whose stretch of `wav` ([N] or [1, N], 16 kHz) is
+    speech by energy: within SPEECH_DB of the clip's 95th-percentile frame. Frame i covers the
+    samples from i / fps to (i + 1) / fps; frames past the end are silent."""
+    x = wav.reshape(-1)
+    edges = torch.round(torch.arange(n_frames + 1, dtype=torch.float64) * (SAMPLE_RATE / fps)).long()
+    edges = edges.clamp(max=len(x)).tolist()
+    energy = []
+    for f0 in range(0, n_frames, BLOCK_FRAMES):
+        f1 = min(n_frames, f0 + BLOCK_FRAMES)
+        seg = x[edges[f0]:edges[f1]].double()
+        power = torch.cat([seg.new_zeros(1), torch.cumsum(seg * seg, 0)])
+        e = torch.tensor(edges[f0:f1 + 1], device=seg.device) - edges[f0]
+        energy.append((power[e[1:]] - power[e[:-1]]) / (e[1:] - e[:-1]).clamp(min=1))
+    db = 10 * torch.log10(torch.cat(energy) + 1e-12)
+    return db > torch.quantile(db, 0.95) - SPEECH_DB
+
+
+def restore_spread(latents: torch.Tensor, speech: torch.Tensor, spread) -> torch.Tensor:
+    """latents [T, L] stretched per dimension about their mean over the `speech` frames, so that
+    their standard deviation there is `spread` [L]; every frame moves by the same affine map."""
+    if spread is None or len(spread) == 0 or int(speech.sum()) < MIN_SPEECH_FRAMES:
+        return latents
+    target = torch.as_tensor(spread, dtype=latents.dtype, device=latents.device)
+    if target.shape != latents.shape[1:]:
+        raise ValueError(f"speech_spread has {target.numel()} values for {latents.shape[1]} latent dimensions")
+    s = latents[speech.to(latents.device)]
+    mean = s.mean(0)
+    stretch = (target / s.std(0).clamp(min=1e-8)).clamp(1 / MAX_STRETCH, MAX_STRETCH)
+    return mean + (latents - mean) * stretch
