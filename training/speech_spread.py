@@ -10,6 +10,10 @@ of each latent dimension over all speech frames, pooled, is stored as `speech_sp
 model's config. The output holds the weights and config only (what the backend loads); it may
 be the input file. A checkpoint measured again gets the same spread: the measure reads the
 latents as they come out of the BiLSTM, never stretched.
+
+Judge a model with and without its spread (tools/evaluate_model.sh on both files) before shipping
+it: the stretch helped version 4 and v14 on every set of real speech and hurt version 3, whose
+audio path hardly tells visemes apart there (docs/experiments.md).
 """
 from __future__ import annotations
 
