@@ -10,7 +10,8 @@ written by `python -m training.speech_spread`). The clip's mean stays: moving it
 mean too opened every frame wider, the bilabials most (docs/experiments.md).
 
 On the kind of speech the model was trained on, the spread already matches and the stretch is
-close to nothing; a model without `speech_spread` (the official weights) is left as it is.
+close to nothing; a clip that is not speech (MAX_CLIP_STRETCH) and a model without
+`speech_spread` (the official weights) are left as they are.
 """
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ MIN_SPEECH_FRAMES = 8  # fewer: no spread to measure, the latents are left as th
 # clip): real speech needs 0.8-1.7x (the bundled model's latents on real recordings, 10th-90th
 # percentile), so the bound never touches it.
 MAX_STRETCH = 4.0
+# A clip whose latents vary less than half as widely as the training speech's (the median over
+# dimensions) is not speech the model knows: music, steady noise, hiss. Stretching it would make
+# the lips flap on it as much as on speech, so it is left as it is. Speech needs 0.9-1.9x per
+# clip (the median over dimensions, the bundled model: all 200 synthetic test clips and the 91
+# real recordings of the articulation judges), white or pink noise, hiss and a chord 2.1-16x.
+MAX_CLIP_STRETCH = 2.0
 BLOCK_FRAMES = 4096  # frame energies a block at a time: an hour of audio without an hour of doubles
 
 
@@ -54,5 +61,7 @@ def restore_spread(latents: torch.Tensor, speech: torch.Tensor, spread) -> torch
         raise ValueError(f"speech_spread has {target.numel()} values for {latents.shape[1]} latent dimensions")
     s = latents[speech.to(latents.device)]
     mean = s.mean(0)
-    stretch = (target / s.std(0).clamp(min=1e-8)).clamp(1 / MAX_STRETCH, MAX_STRETCH)
-    return mean + (latents - mean) * stretch
+    stretch = target / s.std(0).clamp(min=1e-8)
+    if float(stretch.median()) > MAX_CLIP_STRETCH:
+        return latents
+    return mean + (latents - mean) * stretch.clamp(1 / MAX_STRETCH, MAX_STRETCH)

@@ -60,6 +60,12 @@ def test_restore_spread_gives_each_dimension_the_training_spread():
     out = ss.restore_spread(flat, speech, tuple(target.tolist()))
     assert torch.isfinite(out).all()
     assert float(out[speech, 0].std()) <= ss.MAX_STRETCH * float(flat[speech, 0].std()) * 1.0001
+    torch.testing.assert_close(out[speech, 1:].std(0), target[1:])
+    # a clip that varies far less than speech does in most dimensions is not speech: untouched
+    quiet = tuple((z[speech].std(0) * (ss.MAX_CLIP_STRETCH + 0.1)).tolist())
+    assert ss.restore_spread(z, speech, quiet) is z
+    loud = tuple((z[speech].std(0) * (ss.MAX_CLIP_STRETCH - 0.1)).tolist())
+    assert ss.restore_spread(z, speech, loud) is not z
 
 
 def test_config_carries_the_spread_and_reads_files_without_it():
@@ -90,15 +96,17 @@ def test_measured_spread_reaches_inference(dataset, tmp_path):
     assert main(["--checkpoint", str(out), "--data", str(dataset), "--out", str(tmp_path / "again.pt")]) == 0
     torch.testing.assert_close(torch.tensor(load_model(tmp_path / "again.pt").cfg.speech_spread), spread)
 
-    # on a clip it never heard (real speech, where it trained on tone bursts) the speech frames'
-    # latents vary as the training speech's did, as far as MAX_STRETCH allows
-    wav = torch.from_numpy(load_audio(DEMO_VOICE))[None]
+    # on a clip it was not measured on (the test split's) the speech frames' latents vary as the
+    # training speech's did, as far as MAX_STRETCH allows
+    clip = dataset / "wav" / "s04_sent00.wav"
+    wav = torch.from_numpy(load_audio(clip))[None]
     n = measured.num_frames(wav.shape[1], FPS)
     speech = ss.speech_frames(wav, n, FPS)
     with torch.inference_mode():
         lat = audio_latents(measured, wav, n, FPS)
         raw_lat = audio_latents(load_model(raw_path), wav, n, FPS)
     raw_sd = raw_lat[speech].std(0)
+    assert float((spread / raw_sd).median()) < ss.MAX_CLIP_STRETCH
     within = ((spread / raw_sd) < ss.MAX_STRETCH) & ((spread / raw_sd) > 1 / ss.MAX_STRETCH)
     assert within.any()
     torch.testing.assert_close(lat[speech].std(0)[within], spread[within], rtol=1e-4, atol=1e-6)
@@ -107,7 +115,7 @@ def test_measured_spread_reaches_inference(dataset, tmp_path):
 
     # and through animate: the stretch changes the motion; a spread equal to the clip's own none
     v, f = icosphere(2, radius=0.1)
-    voice = load_audio(DEMO_VOICE)
+    voice = load_audio(clip)
     base = animate((v, f), voice, checkpoint=raw_path, device="cpu").offsets
     assert not np.allclose(animate((v, f), voice, checkpoint=out, device="cpu").offsets, base, atol=1e-7)
     same = load_model(raw_path)
@@ -132,6 +140,22 @@ def test_measure_refuses_what_it_cannot_read(tmp_path, capsys):
 def test_the_bundled_model_carries_its_training_spread():
     from backend.checkpoint import load_model
 
+    from backend.inference import audio_latents
+
     model = load_model(ROOT / "backend" / "assets" / "default_model.pt")
     spread = np.asarray(model.cfg.speech_spread)
     assert spread.shape == (model.cfg.latent,) and (spread > 0.05).all() and (spread < 1.0).all()
+    raw = load_model(ROOT / "backend" / "assets" / "default_model.pt")
+    raw.cfg = replace(raw.cfg, speech_spread=())
+    noise = torch.from_numpy(0.1 * np.random.default_rng(0).standard_normal(3 * 16000).astype(np.float32))[None]
+    voice = torch.from_numpy(load_audio(DEMO_VOICE))[None]
+    with torch.inference_mode():
+        for wav, is_speech in [(voice, True), (noise, False)]:
+            n = model.num_frames(wav.shape[1], FPS)
+            stretched, plain = audio_latents(model, wav, n, FPS), audio_latents(raw, wav, n, FPS)
+            # a real voice is stretched (its latents vary less than the training speech's); white
+            # noise, which would need far more, is left alone rather than made to move the lips
+            assert torch.equal(stretched, plain) != is_speech
+            if is_speech:
+                grow = stretched.std(0) / plain.std(0)
+                assert 1.05 < float(grow.median()) < ss.MAX_CLIP_STRETCH
