@@ -77,6 +77,20 @@ def test_config_carries_the_spread_and_reads_files_without_it():
     assert ModelConfig.from_dict(d).speech_spread == ()
 
 
+def test_training_takes_a_file_with_a_spread_or_without_one():
+    """The bundled model (with a spread) and files written before the field (without one) can
+    be fine-tuned and resumed; another architecture still cannot."""
+    from training.config import ConfigError
+    from training.train import check_model_config
+
+    mcfg = ModelConfig(latent=3)
+    for config in ({**mcfg.to_dict(), "speech_spread": [0.1, 0.2, 0.3]},
+                   {k: v for k, v in mcfg.to_dict().items() if k != "speech_spread"}):
+        check_model_config("m.pt", config, mcfg, "resume")
+    with pytest.raises(ConfigError, match="another model config"):
+        check_model_config("m.pt", {**mcfg.to_dict(), "latent": 4}, mcfg, "resume")
+
+
 def test_measured_spread_reaches_inference(dataset, tmp_path):
     from backend.checkpoint import load_model, save_model
     from backend.inference import animate, audio_latents

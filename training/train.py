@@ -436,8 +436,12 @@ def check_model_config(source: str, config: dict | None, mcfg: ModelConfig, what
                        any_name: bool = False, any_audio: bool = False) -> None:
     """Refuse a checkpoint (`source`, its `config`) of another model config for `what` ("resume",
     "fine-tune"); with `any_name`, the names may differ (a fine-tuned model takes its own); with
-    `any_audio`, the audio encoders may (only the geometry encoder and decoder are taken)."""
+    `any_audio`, the audio encoders may (only the geometry encoder and decoder are taken). The
+    speech spread is measured from the weights after training (training.speech_spread), not part
+    of the model's design: a file with or without one (older files) is the same config."""
     theirs, ours = dict(config or {}), mcfg.to_dict()
+    theirs.pop("speech_spread", None)
+    ours.pop("speech_spread")
     for key, free in (("name", any_name), ("audio", any_audio)):
         if free:
             theirs.pop(key, None)
