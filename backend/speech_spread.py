@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import torch
 
-SAMPLE_RATE = 16000
+from .audio_encoders import SAMPLE_RATE
+
 SPEECH_DB = 30.0  # a speech frame: within 30 dB of the clip's loud frames (95th percentile)
 MIN_SPEECH_FRAMES = 8  # fewer: no spread to measure, the latents are left as they are
-# A bound on the stretch for degenerate input (a pure tone, a dimension nearly constant over the
-# clip): real speech needs 0.8-1.7x (the bundled model's latents on real recordings, 10th-90th
-# percentile), so the bound never touches it.
+# A bound on the stretch of one dimension, for degenerate input (a dimension nearly constant over
+# the clip). Real recordings need up to 1.5-2.2x (the bundled model, 90th percentile of the
+# dimensions of each judged set); only a few dimensions of the telephone set reach 3-4.5x.
 MAX_STRETCH = 4.0
 # A clip whose latents vary less than half as widely as the training speech's (the median over
 # dimensions) is not speech the model knows: music, steady noise, hiss. Stretching it would make
