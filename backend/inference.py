@@ -26,7 +26,7 @@ from .mesh_io import load_mesh, validate_mesh
 from .model import ScanTalk
 from .operator_cache import cache_key, get_operators
 from .options import MAX_SECONDS, animate_options
-from .speech_spread import restore_spread, speech_frames
+from .speech_spread import clip_stretch, is_speech_like, restore_spread, speech_frames
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +163,22 @@ def encode_speech(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float,
     return (out / weight)[None]
 
 
-def audio_latents(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float, check=None) -> torch.Tensor:
+NOT_SPEECH = ("the audio does not sound like speech to the model (music, noise or near silence?): "
+              "the lips will not follow it as they follow a voice")
+
+
+def audio_latents(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float, check=None,
+                  warnings: list | None = None) -> torch.Tensor:
     """What the decoder reads, [n_frames, latent]: the speech features through the BiLSTM, with
-    the spread of the model's training speech (backend/speech_spread.py)."""
+    the spread of the model's training speech (backend/speech_spread.py). A clip the model does
+    not hear as speech adds NOT_SPEECH to `warnings`."""
     feats = encode_speech(model, wav, n_frames, fps, check)
-    latents, _ = model.lstm(model.audio_embedding(feats))
-    return restore_spread(latents[0], speech_frames(wav, n_frames, fps), model.cfg.speech_spread)
+    latents = model.lstm(model.audio_embedding(feats))[0][0]
+    speech, spread = speech_frames(wav, n_frames, fps), model.cfg.speech_spread
+    if warnings is not None and not is_speech_like(clip_stretch(latents, speech, spread)):
+        log.warning(NOT_SPEECH)
+        warnings.append(NOT_SPEECH)
+    return restore_spread(latents, speech, spread)
 
 
 def input_warnings(model_verts: np.ndarray, reference_size: float, n_vertices: int) -> list[str]:
@@ -364,7 +374,7 @@ def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units
             n_frames = model.num_frames(wav.shape[1], cfg.fps)
             if n_frames < 2:
                 raise ScanTalkError("the audio is too short for even two frames of animation")
-            audio_lat = audio_latents(model, wav, n_frames, cfg.fps, check)
+            audio_lat = audio_latents(model, wav, n_frames, cfg.fps, check, warnings)
             del wav
             neutral = torch.from_numpy(model_verts).float().to(dev)
             geom = model.encode_geometry(neutral, ops)

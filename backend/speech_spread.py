@@ -52,17 +52,28 @@ def speech_frames(wav: torch.Tensor, n_frames: int, fps: float) -> torch.Tensor:
     return db > torch.quantile(db, 0.95) - SPEECH_DB
 
 
-def restore_spread(latents: torch.Tensor, speech: torch.Tensor, spread) -> torch.Tensor:
-    """latents [T, L] stretched per dimension about their mean over the `speech` frames, so that
-    their standard deviation there is `spread` [L]; every frame moves by the same affine map."""
+def clip_stretch(latents: torch.Tensor, speech: torch.Tensor, spread) -> torch.Tensor | None:
+    """[L]: how much each dimension of the clip's `speech` frames must be stretched to vary as
+    the training speech did (`spread`); None when there is nothing to measure (no spread, fewer
+    than MIN_SPEECH_FRAMES speech frames)."""
     if spread is None or len(spread) == 0 or int(speech.sum()) < MIN_SPEECH_FRAMES:
-        return latents
+        return None
     target = torch.as_tensor(spread, dtype=latents.dtype, device=latents.device)
     if target.shape != latents.shape[1:]:
         raise ValueError(f"speech_spread has {target.numel()} values for {latents.shape[1]} latent dimensions")
-    s = latents[speech.to(latents.device)]
-    mean = s.mean(0)
-    stretch = target / s.std(0).clamp(min=1e-8)
-    if float(stretch.median()) > MAX_CLIP_STRETCH:
+    return target / latents[speech.to(latents.device)].std(0).clamp(min=1e-8)
+
+
+def is_speech_like(stretch: torch.Tensor | None) -> bool:
+    """False for a clip the model hears as far less varied than speech (MAX_CLIP_STRETCH)."""
+    return stretch is None or float(stretch.median()) <= MAX_CLIP_STRETCH
+
+
+def restore_spread(latents: torch.Tensor, speech: torch.Tensor, spread) -> torch.Tensor:
+    """latents [T, L] stretched per dimension about their mean over the `speech` frames, so that
+    their standard deviation there is `spread` [L]; every frame moves by the same affine map."""
+    stretch = clip_stretch(latents, speech, spread)
+    if stretch is None or not is_speech_like(stretch):
         return latents
+    mean = latents[speech.to(latents.device)].mean(0)
     return mean + (latents - mean) * stretch.clamp(1 / MAX_STRETCH, MAX_STRETCH)

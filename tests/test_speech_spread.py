@@ -11,6 +11,7 @@ import torch
 from backend import speech_spread as ss
 from backend.audio_io import load_audio
 from backend.model import ModelConfig
+from tests.meshes import icosphere
 from tests.test_audio_pretrain import tiny_model
 from tests.test_training import FPS, make_dataset
 
@@ -94,7 +95,6 @@ def test_training_takes_a_file_with_a_spread_or_without_one():
 def test_measured_spread_reaches_inference(dataset, tmp_path):
     from backend.checkpoint import load_model, save_model
     from backend.inference import animate, audio_latents
-    from tests.meshes import icosphere
     from training.speech_spread import main
 
     raw_path, out = tmp_path / "raw.pt", tmp_path / "measured.pt"
@@ -137,6 +137,25 @@ def test_measured_spread_reaches_inference(dataset, tmp_path):
     save_model(tmp_path / "own.pt", same)
     np.testing.assert_allclose(animate((v, f), voice, checkpoint=tmp_path / "own.pt", device="cpu").offsets,
                                base, atol=1e-6)
+
+
+def test_noise_is_left_alone_and_the_user_is_told(tmp_path):
+    """Through `animate` with the bundled model: white noise moves the lips exactly as the
+    weights alone would and the result says it was not heard as speech; a voice says nothing."""
+    from backend.checkpoint import load_model, save_model
+    from backend.inference import NOT_SPEECH, animate
+
+    v, f = icosphere(2, radius=0.1)
+    noise = (0.1 * np.random.default_rng(0).standard_normal(3 * 16000)).astype(np.float32)
+    shipped = animate((v, f), noise, device="cpu")
+    assert NOT_SPEECH in shipped.meta["warnings"]
+    raw = load_model(ROOT / "backend" / "assets" / "default_model.pt")
+    raw.cfg = replace(raw.cfg, speech_spread=())
+    save_model(tmp_path / "raw.pt", raw)
+    alone = animate((v, f), noise, checkpoint=tmp_path / "raw.pt", device="cpu")
+    np.testing.assert_array_equal(shipped.offsets, alone.offsets)
+    assert NOT_SPEECH not in alone.meta["warnings"]  # without a spread there is nothing to compare
+    assert NOT_SPEECH not in animate((v, f), load_audio(DEMO_VOICE), device="cpu").meta["warnings"]
 
 
 def test_measure_refuses_what_it_cannot_read(tmp_path, capsys):
