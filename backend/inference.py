@@ -26,7 +26,7 @@ from .mesh_io import load_mesh, validate_mesh
 from .model import ScanTalk
 from .operator_cache import cache_key, get_operators
 from .options import MAX_SECONDS, animate_options
-from .speech_spread import clip_stretch, is_speech_like, restore_spread, speech_frames
+from .speech_spread import apply_stretch, clip_stretch, is_speech_like, speech_frames
 
 log = logging.getLogger(__name__)
 
@@ -167,18 +167,23 @@ NOT_SPEECH = ("the audio does not sound like speech to the model (music, noise o
               "the lips will not follow it as they follow a voice")
 
 
+def raw_latents(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float, check=None) -> torch.Tensor:
+    """[n_frames, latent]: the speech features through the BiLSTM, as the model computes them."""
+    return model.lstm(model.audio_embedding(encode_speech(model, wav, n_frames, fps, check)))[0][0]
+
+
 def audio_latents(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float, check=None,
                   warnings: list | None = None) -> torch.Tensor:
-    """What the decoder reads, [n_frames, latent]: the speech features through the BiLSTM, with
-    the spread of the model's training speech (backend/speech_spread.py). A clip the model does
-    not hear as speech adds NOT_SPEECH to `warnings`."""
-    feats = encode_speech(model, wav, n_frames, fps, check)
-    latents = model.lstm(model.audio_embedding(feats))[0][0]
-    speech, spread = speech_frames(wav, n_frames, fps), model.cfg.speech_spread
-    if warnings is not None and not is_speech_like(clip_stretch(latents, speech, spread)):
+    """What the decoder reads, [n_frames, latent]: the raw latents with the spread of the model's
+    training speech (backend/speech_spread.py). A clip the model does not hear as speech adds
+    NOT_SPEECH to `warnings`."""
+    latents = raw_latents(model, wav, n_frames, fps, check)
+    speech = speech_frames(wav, n_frames, fps)
+    stretch = clip_stretch(latents, speech, model.cfg.speech_spread)
+    if warnings is not None and not is_speech_like(stretch):
         log.warning(NOT_SPEECH)
         warnings.append(NOT_SPEECH)
-    return restore_spread(latents, speech, spread)
+    return apply_stretch(latents, speech, stretch)
 
 
 def input_warnings(model_verts: np.ndarray, reference_size: float, n_vertices: int) -> list[str]:

@@ -69,11 +69,17 @@ def is_speech_like(stretch: torch.Tensor | None) -> bool:
     return stretch is None or float(stretch.median()) <= MAX_CLIP_STRETCH
 
 
-def restore_spread(latents: torch.Tensor, speech: torch.Tensor, spread) -> torch.Tensor:
-    """latents [T, L] stretched per dimension about their mean over the `speech` frames, so that
-    their standard deviation there is `spread` [L]; every frame moves by the same affine map."""
-    stretch = clip_stretch(latents, speech, spread)
+def apply_stretch(latents: torch.Tensor, speech: torch.Tensor, stretch: torch.Tensor | None) -> torch.Tensor:
+    """latents [T, L] stretched by `stretch` (clip_stretch's) about their mean over the `speech`
+    frames; every frame moves by the same affine map. As they are when there is nothing to
+    stretch or the clip is not speech-like."""
     if stretch is None or not is_speech_like(stretch):
         return latents
     mean = latents[speech.to(latents.device)].mean(0)
     return mean + (latents - mean) * stretch.clamp(1 / MAX_STRETCH, MAX_STRETCH)
+
+
+def restore_spread(latents: torch.Tensor, speech: torch.Tensor, spread) -> torch.Tensor:
+    """latents [T, L] stretched per dimension about their mean over the `speech` frames, so that
+    their standard deviation there is `spread` [L]."""
+    return apply_stretch(latents, speech, clip_stretch(latents, speech, spread))

@@ -27,30 +27,21 @@ import torch
 
 @torch.no_grad()
 def measure_spread(model, wavs) -> tuple[np.ndarray, int]:
-    """Per-dimension standard deviation of `model`'s audio latents over the speech frames of
+    """Per-dimension standard deviation of `model`'s raw audio latents over the speech frames of
     every waveform in `wavs` (16 kHz float arrays), pooled; and the number of those frames."""
-    from backend.inference import audio_latents
+    from backend.inference import raw_latents
     from backend.speech_spread import speech_frames
 
-    raw = replace(model.cfg, speech_spread=())
-    saved, model.cfg = model.cfg, raw
-    total = total_sq = None
-    count = 0
-    try:
-        for wav in wavs:
-            w = torch.from_numpy(np.ascontiguousarray(wav, np.float32))[None]
-            n = model.num_frames(w.shape[1], raw.fps)
-            lat = audio_latents(model, w, n, raw.fps).double()[speech_frames(w, n, raw.fps)]
-            s, sq = lat.sum(0), (lat * lat).sum(0)
-            total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
-            count += len(lat)
-    finally:
-        model.cfg = saved
-    if count < 2:
+    fps = model.cfg.fps
+    frames = []
+    for wav in wavs:
+        w = torch.from_numpy(np.ascontiguousarray(wav, np.float32))[None]
+        n = model.num_frames(w.shape[1], fps)
+        frames.append(raw_latents(model, w, n, fps)[speech_frames(w, n, fps)].double())
+    pooled = torch.cat(frames) if frames else torch.zeros(0, model.cfg.latent, dtype=torch.float64)
+    if len(pooled) < 2:
         raise ValueError("no speech frames to measure: are the clips silent?")
-    mean = total / count
-    var = (total_sq / count - mean * mean).clamp(min=0) * count / (count - 1)
-    return var.sqrt().numpy(), count
+    return pooled.std(0).numpy(), len(pooled)
 
 
 def main(argv=None) -> int:
