@@ -21,10 +21,13 @@ from .phone_stream import PHONES, phone_frames
 SAMPLE_RATE = 16000
 
 
-def normalize_waveform(wav: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance per utterance, as Wav2Vec2Processor does (population variance)."""
-    mean = wav.mean(dim=-1, keepdim=True)
-    var = wav.var(dim=-1, keepdim=True, unbiased=False)
+def normalize_waveform(wav: torch.Tensor, stats: tuple | None = None) -> torch.Tensor:
+    """Zero mean, unit variance per utterance, as Wav2Vec2Processor does (population variance);
+    `stats` = (mean, var) measured over a longer clip that `wav` is a window of."""
+    if stats is None:
+        var, mean = torch.var_mean(wav, dim=-1, keepdim=True, unbiased=False)
+    else:
+        mean, var = stats
     return (wav - mean) / torch.sqrt(var + 1e-7)
 
 
@@ -40,16 +43,19 @@ def clip_frames(num_samples: int, fps: float) -> int:
 
 
 class AudioEncoder(nn.Module):
-    """Interface: `forward(wav [1, N] float32 at 16 kHz, n_frames, feature_transform=None) ->
-    [1, n_frames, out_dim]`. `feature_transform` is a trainer's augmentation of the features the
-    encoder computes (training.feature_mask); only encoders that compute features support it."""
+    """Interface: `forward(wav [1, N] float32 at 16 kHz, n_frames, feature_transform=None,
+    stats=None) -> [1, n_frames, out_dim]`. `feature_transform` is a trainer's augmentation of the
+    features the encoder computes (training.feature_mask); only encoders that compute features
+    support it. Every encoder normalises its input per utterance; `stats` (from `clip_stats` on a
+    whole clip) makes a window of that clip normalise as the whole clip does, so a window of room
+    tone between two lines stays quiet instead of being scaled up to the level of speech."""
 
     out_dim: int
-    # Seconds of context each side of a window when long audio is encoded in pieces.
-    window_seconds: float = 20.0
-    overlap_seconds: float = 2.0
 
     def num_frames(self, num_samples: int, fps: float) -> int:
+        raise NotImplementedError
+
+    def clip_stats(self, wav: torch.Tensor) -> tuple:
         raise NotImplementedError
 
 
@@ -111,10 +117,15 @@ class TransformerSpeechEncoder(AudioEncoder):
         # The official inference rule: int(N50 / 50 * fps).
         return int(self.conv_frames(num_samples) / 50.0 * fps)
 
-    def forward(self, wav: torch.Tensor, n_frames: int, feature_transform=None) -> torch.Tensor:
+    def clip_stats(self, wav: torch.Tensor) -> tuple:
+        """(mean, population variance) of the whole waveform [1, N]."""
+        var, mean = torch.var_mean(wav, dim=-1, keepdim=True, unbiased=False)
+        return mean, var
+
+    def forward(self, wav: torch.Tensor, n_frames: int, feature_transform=None, stats=None) -> torch.Tensor:
         if feature_transform is not None:
             raise ValueError(f"feature masking needs the logmel audio encoder, not {self.kind}")
-        x = normalize_waveform(wav)
+        x = normalize_waveform(wav, stats)
         feats = self.model.feature_extractor(x)  # [1, 512, N50]
         feats = resample_frames(feats, n_frames).transpose(1, 2)
         proj = self.model.feature_projection(feats)
@@ -201,16 +212,55 @@ class LogMelEncoder(AudioEncoder):
 
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(wav, self.n_fft, self.hop, window=self.window, center=True, return_complex=True)
+        return self._log(spec)
+
+    def _log(self, spec: torch.Tensor) -> torch.Tensor:
         mel = self.mel_fb @ spec.abs().pow(2)  # [B, n_mels, N100]
         return torch.log(mel + 1e-6)
 
-    def features(self, wav: torch.Tensor) -> torch.Tensor:
+    def _log_mel_steps(self, x: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
+        """Steps [j0, j1) of `log_mel(x)` computed from only the samples they need: bit for bit
+        what the whole clip's transform gives there (reflected at the clip's own ends only)."""
+        half, n = self.n_fft // 2, x.shape[-1]
+        idx = torch.arange(j0 * self.hop - half, (j1 - 1) * self.hop - half + self.n_fft, device=x.device)
+        idx = torch.where(idx < 0, -idx, torch.where(idx >= n, 2 * (n - 1) - idx, idx))  # stft's reflect
+        return self._log(torch.stft(x[:, idx], self.n_fft, self.hop, window=self.window, center=False,
+                                    return_complex=True))
+
+    def clip_stats(self, wav: torch.Tensor, block_steps: int = 8192) -> tuple:
+        """(peak, mean, std) of `features`' normalisation over the whole clip [1, N], a block of
+        steps at a time (an hour's spectrogram at once would take gigabytes)."""
+        peak = wav.abs().amax(dim=-1, keepdim=True) + 1e-4
+        x = wav / peak
+        n_steps = x.shape[-1] // self.hop + 1
+        total = torch.zeros(self.n_mels, dtype=torch.float64, device=wav.device)
+        squares = torch.zeros_like(total)
+        for j0 in range(0, n_steps, block_steps):
+            m = self._log_mel_steps(x, j0, min(j0 + block_steps, n_steps))[0].double()
+            total += m.sum(dim=1)
+            squares += m.pow(2).sum(dim=1)
+        count = self.n_mels * n_steps
+        bins = total / n_steps
+        mean = bins if self.norm == "bin" else total.sum() / count
+        # What torch.std(dim=(1, 2)) gives after the mean is removed (unbiased, over bins and steps).
+        spread = squares.sum() - n_steps * (bins.pow(2).sum() if self.norm == "bin" else self.n_mels * mean ** 2)
+        std = (spread.clamp(min=0) / (count - 1)).sqrt()
+        mean = (mean[:, None] if self.norm == "bin" else mean.reshape(1, 1))[None]
+        return peak, mean.to(wav.dtype), std.reshape(1, 1, 1).to(wav.dtype)
+
+    def features(self, wav: torch.Tensor, stats: tuple | None = None) -> torch.Tensor:
         """[B, C, N100] what the conv stack reads: the normalised log-mel (or, with mel=False,
-        its mean over the bins: loudness), then the one-hot phones when the config has them."""
-        x = wav / (wav.abs().amax(dim=-1, keepdim=True) + 1e-4)  # loudness-invariant, silence stays ~0
-        m = self.log_mel(x)
-        m = m - m.mean(dim=2 if self.norm == "bin" else (1, 2), keepdim=True)
-        m = m / (m.std(dim=(1, 2), keepdim=True) + 1.0)
+        its mean over the bins: loudness), then the one-hot phones when the config has them.
+        `stats`: `clip_stats` of the clip that `wav` is a window of (default: of `wav` itself)."""
+        if stats is None:
+            x = wav / (wav.abs().amax(dim=-1, keepdim=True) + 1e-4)  # loudness-invariant, silence stays ~0
+            m = self.log_mel(x)
+            m = m - m.mean(dim=2 if self.norm == "bin" else (1, 2), keepdim=True)
+            m = m / (m.std(dim=(1, 2), keepdim=True) + 1.0)
+        else:
+            peak, mean, std = stats
+            x = wav / peak
+            m = (self.log_mel(x) - mean) / (std + 1.0)
         if not self.mel:
             m = m.mean(dim=1, keepdim=True)
         if self.phones == "none":
@@ -218,8 +268,8 @@ class LogMelEncoder(AudioEncoder):
         ph = [torch.from_numpy(phone_frames(row, m.shape[2])) for row in x.detach().float().cpu().numpy()]
         return torch.cat([m, torch.stack(ph).to(m)], dim=1)
 
-    def forward(self, wav: torch.Tensor, n_frames: int, feature_transform=None) -> torch.Tensor:
-        f = self.features(wav)
+    def forward(self, wav: torch.Tensor, n_frames: int, feature_transform=None, stats=None) -> torch.Tensor:
+        f = self.features(wav, stats)
         h = self.convs(f if feature_transform is None else feature_transform(f))
         h = resample_frames(h, n_frames).transpose(1, 2)
         return self.proj(h)

@@ -138,9 +138,11 @@ def _window_bounds(n_frames: int, fps: float) -> list[tuple[int, int]]:
 
 
 def encode_speech(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float, check=None) -> torch.Tensor:
-    """Speech-encoder features [1, T, D]; long clips in overlapping windows, cross-faded."""
+    """Speech-encoder features [1, T, D]; long clips in overlapping windows, cross-faded, each
+    normalised by the whole clip's statistics as a single pass would be."""
     if n_frames <= int(WINDOW_SECONDS * fps) + int(OVERLAP_SECONDS * fps):
         return model.audio_encoder(wav, n_frames)
+    stats = model.audio_encoder.clip_stats(wav)
     out = None
     weight = torch.zeros(n_frames, 1, device=wav.device)
     for f0, f1 in _window_bounds(n_frames, fps):
@@ -148,7 +150,7 @@ def encode_speech(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float,
             check()
         s0 = int(round(f0 / fps * SAMPLE_RATE))
         s1 = min(wav.shape[1], int(round((f1 - 1) / fps * SAMPLE_RATE)) + 1)
-        feats = model.audio_encoder(wav[:, s0:s1], f1 - f0)[0]
+        feats = model.audio_encoder(wav[:, s0:s1], f1 - f0, stats=stats)[0]
         if out is None:
             out = torch.zeros(n_frames, feats.shape[1], device=wav.device)
         # Triangular weights over the overlap: neighbours blend linearly, no seam or jump.

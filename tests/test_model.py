@@ -171,6 +171,66 @@ def test_logmel_dilation_widens_the_context_and_keeps_the_frames(dilation, layer
             LogMelEncoder(**bad)
 
 
+def _tiny_hubert():
+    return build_audio_encoder({"kind": "hubert", "config": dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+        conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
+        num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)}).eval()
+
+
+def _speech_then_room_tone(seconds_of_tone: float) -> torch.Tensor:
+    wav, sr = sf.read(shared_path(*FIXTURE, "speech_16k.wav"), dtype="float32")
+    tone = 1e-3 * np.random.default_rng(0).standard_normal(int(seconds_of_tone * sr))  # -60 dBFS
+    return torch.from_numpy(np.concatenate([wav, tone]).astype(np.float32))[None]
+
+
+@pytest.mark.parametrize("make", [lambda: LogMelEncoder(n_mels=16, hidden=8, out_dim=4),
+                                  lambda: LogMelEncoder(n_mels=16, hidden=8, out_dim=4, norm="bin"),
+                                  _tiny_hubert], ids=["logmel", "logmel-bin", "hubert"])
+def test_an_encoder_given_its_own_clip_stats_computes_what_it_computes_alone(make):
+    """The statistics, summed a block at a time, are the per-utterance ones."""
+    torch.manual_seed(0)
+    enc = make()
+    wav = _speech_then_room_tone(3.0)
+    n = enc.num_frames(wav.shape[1], 30)
+    blocks = dict(block_steps=37) if isinstance(enc, LogMelEncoder) else {}
+    with torch.no_grad():
+        torch.testing.assert_close(enc(wav, n, stats=enc.clip_stats(wav, **blocks)), enc(wav, n),
+                                   rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["utterance", "bin"])
+def test_a_window_of_room_tone_stays_quiet_given_its_clip_stats(norm):
+    """Alone, a window of room tone is scaled up like speech; given the whole clip's statistics
+    it stays as quiet as in a single pass. (HuBERT's first convolution normalises each window
+    again, GroupNorm over time, so there the statistics alone do not keep a pause quiet.)"""
+    torch.manual_seed(0)
+    enc = LogMelEncoder(n_mels=16, hidden=8, out_dim=4, norm=norm)
+    wav = _speech_then_room_tone(3.0)
+    with torch.no_grad():
+        tone = wav[:, -32000:]  # the last 2 s: room tone only
+        alone, in_clip = (enc(tone, 60, stats=s) for s in (None, enc.clip_stats(wav)))
+        speech = enc(wav[:, :32000], 60)
+    assert in_clip.std(dim=1).mean() < 0.5 * speech.std(dim=1).mean()
+    assert (alone - in_clip).abs().mean() > 0.1 * speech.std(dim=1).mean()
+
+
+def test_logmel_clip_stats_are_exact_block_by_block():
+    """The log-mel of any run of steps equals the whole clip's there, reflected at the clip's ends
+    only; so the block-wise mean and spread are the whole clip's."""
+    enc = LogMelEncoder(n_mels=16, hidden=8, out_dim=4)
+    wav = _speech_then_room_tone(1.0)
+    whole = enc.log_mel(wav / (wav.abs().amax() + 1e-4))
+    n = whole.shape[-1]
+    for j0, j1 in [(0, n), (0, 7), (5, 90), (n - 9, n), (n - 1, n)]:
+        torch.testing.assert_close(enc._log_mel_steps(wav / (wav.abs().amax() + 1e-4), j0, j1),
+                                   whole[..., j0:j1], rtol=0, atol=1e-5)
+    peak, mean, std = enc.clip_stats(wav, block_steps=10)
+    torch.testing.assert_close(mean, whole.mean().reshape(1, 1, 1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(std, whole.std().reshape(1, 1, 1), rtol=0, atol=1e-5)
+    assert float(peak) == pytest.approx(float(wav.abs().max()) + 1e-4)
+
+
 @pytest.mark.parametrize("kind", ["hubert", "wav2vec2"])
 def test_transformer_encoders_from_tiny_config_and_local_dir(kind, tmp_path):
     small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
