@@ -26,7 +26,7 @@ from .mesh_io import load_mesh, validate_mesh
 from .model import ScanTalk
 from .operator_cache import cache_key, get_operators
 from .options import MAX_SECONDS, animate_options
-from .speech_spread import apply_stretch, clip_stretch, is_speech_like, speech_frames
+from .speech_spread import apply_stretch, clip_stretch, frame_levels, is_speech_like, speech_frames
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,24 @@ def encode_speech(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float,
         out[f0:f1] += feats * ramp
         weight[f0:f1] += ramp
     return (out / weight)[None]
+
+
+# A clip whose loud frames (95th percentile) are quieter than this holds nothing to say: the face
+# stays at rest. -60 dBFS is ffmpeg silencedetect's default floor; speech recorded even 30 dB
+# below a normal level still has its loud frames above -55 dBFS. Without this rule the model,
+# which normalises every clip's loudness, reads digital silence as a mouth held 3 mm open and a
+# quiet room's hiss as mumbling.
+SILENT_DBFS = -60.0
+
+
+def silent_clip(wav: torch.Tensor, n_frames: int, fps: float) -> str | None:
+    """The warning for a clip with nothing audible in it (SILENT_DBFS), else None."""
+    loud = float(torch.quantile(frame_levels(wav, n_frames, fps), 0.95))
+    if loud >= SILENT_DBFS:
+        return None
+    return (f"the audio is silent (its loudest moments are at {max(loud, -120.0):.0f} dBFS, below "
+            f"{SILENT_DBFS:.0f}): the face stays at rest. If it should speak, check that the right "
+            f"audio and range were chosen and that the recording is not muted")
 
 
 NOT_SPEECH = ("the audio does not sound like speech to the model (music, noise or near silence?): "
@@ -306,6 +324,13 @@ class ArraySink:
 WRITE_BLOCK_BYTES = 32 * 2**20
 
 
+def _rest_chunks(n_frames: int, n_vertices: int, chunk: int, device, on_chunk):
+    """What `ScanTalk.decode_chunks` yields for a face at rest: zero offsets, a chunk at a time."""
+    for s in range(0, n_frames, chunk):
+        yield torch.zeros(min(chunk, n_frames - s), n_vertices, 3, device=device)
+        on_chunk(min(s + chunk, n_frames), n_frames)
+
+
 def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units, session,
          progress, cancel, make_sink, dtype="float32", head_scale=None):
     """The streaming pipeline shared by `animate` and `animate_to_file`: encode the audio and the
@@ -381,10 +406,14 @@ def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units
             n_frames = model.num_frames(wav.shape[1], cfg.fps)
             if n_frames < 2:
                 raise ScanTalkError("the audio is too short for even two frames of animation")
-            audio_lat = audio_latents(model, wav, n_frames, cfg.fps, check, warnings)
+            silent = silent_clip(wav, n_frames, cfg.fps)
+            if silent:
+                log.warning(silent)
+                warnings.append(silent)
+            else:
+                audio_lat = audio_latents(model, wav, n_frames, cfg.fps, check, warnings)
+                geom = model.encode_geometry(torch.from_numpy(model_verts).float().to(dev), ops)
             del wav
-            neutral = torch.from_numpy(model_verts).float().to(dev)
-            geom = model.encode_geometry(neutral, ops)
             riders = ride_plan(model_verts, faces) if cfg.separate_parts == "ride" else RidePlan(())
             timings["audio_and_geometry"] = time.perf_counter() - t
             step("audio", f"{n_frames} frames at {cfg.fps:g} fps")
@@ -423,7 +452,9 @@ def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units
                 sink.write(resampler.push(frame.offsets_from_model(native)))
                 t_write += time.perf_counter() - tw
 
-            for part in model.decode_chunks(geom, audio_lat, ops, chunk_frames=chunk, on_chunk=on_chunk):
+            parts = _rest_chunks(n_frames, n_vertices, chunk, dev, on_chunk) if silent else \
+                model.decode_chunks(geom, audio_lat, ops, chunk_frames=chunk, on_chunk=on_chunk)
+            for part in parts:
                 pending.append(part if dev.type == "cpu" else part.cpu())
                 n_pending += len(part)
                 if n_pending >= block:

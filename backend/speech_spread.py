@@ -36,8 +36,14 @@ BLOCK_FRAMES = 4096  # frame energies a block at a time: an hour of audio withou
 
 def speech_frames(wav: torch.Tensor, n_frames: int, fps: float) -> torch.Tensor:
     """[n_frames] bool: the animation frames whose stretch of `wav` ([N] or [1, N], 16 kHz) is
-    speech by energy: within SPEECH_DB of the clip's 95th-percentile frame. Frame i covers the
-    samples from i / fps to (i + 1) / fps; frames past the end are silent."""
+    speech by energy: within SPEECH_DB of the clip's 95th-percentile frame."""
+    db = frame_levels(wav, n_frames, fps)
+    return db > torch.quantile(db, 0.95) - SPEECH_DB
+
+
+def frame_levels(wav: torch.Tensor, n_frames: int, fps: float) -> torch.Tensor:
+    """[n_frames] float64: each animation frame's level in dB full scale. Frame i covers the
+    samples from i / fps to (i + 1) / fps; frames past the end are silent (-120 dB)."""
     x = wav.reshape(-1)
     edges = torch.round(torch.arange(n_frames + 1, dtype=torch.float64) * (SAMPLE_RATE / fps)).long()
     edges = edges.clamp(max=len(x)).tolist()
@@ -48,8 +54,7 @@ def speech_frames(wav: torch.Tensor, n_frames: int, fps: float) -> torch.Tensor:
         power = torch.cat([seg.new_zeros(1), torch.cumsum(seg * seg, 0)])
         e = torch.tensor(edges[f0:f1 + 1], device=seg.device) - edges[f0]
         energy.append((power[e[1:]] - power[e[:-1]]) / (e[1:] - e[:-1]).clamp(min=1))
-    db = 10 * torch.log10(torch.cat(energy) + 1e-12)
-    return db > torch.quantile(db, 0.95) - SPEECH_DB
+    return 10 * torch.log10(torch.cat(energy) + 1e-12)
 
 
 def clip_stretch(latents: torch.Tensor, speech: torch.Tensor, spread) -> torch.Tensor | None:

@@ -231,6 +231,29 @@ def test_a_long_pause_of_room_tone_keeps_the_lips_still(flame_mesh, monkeypatch)
     assert (windowed - single)[p0:p1].abs().mean() < 0.2 * spread
 
 
+def test_a_silent_clip_leaves_the_face_at_rest_and_says_so(flame_mesh):
+    """Digital silence and a hiss far below speech give zero offsets and a warning that says why
+    (the model alone held the mouth 3 mm open on silence and mumbled on hiss); the same speech
+    recorded 30 dB quieter than the fixture still animates as it does at its own level."""
+    import soundfile as sf
+
+    from backend.inference import SILENT_DBFS
+
+    speech, sr = sf.read(shared_path(*FIX, "speech_16k.wav"), dtype="float32")
+    session = Session()
+    hiss = 10 ** (-75 / 20) * np.random.default_rng(0).standard_normal(3 * sr)
+    for wav in (np.zeros(3 * sr), hiss):
+        res = animate(flame_mesh, wav.astype(np.float32), session=session)
+        assert res.offsets.shape == (91, len(flame_mesh[0]), 3)
+        assert not res.offsets.any()
+        assert [w for w in res.meta["warnings"] if "silent" in w] == res.meta["warnings"]
+        assert f"below {SILENT_DBFS:.0f}" in res.meta["warnings"][0]
+    loud = animate(flame_mesh, speech, session=session)
+    quiet = animate(flame_mesh, speech * 10 ** (-30 / 20), session=session)
+    assert not any("silent" in w for w in loud.meta["warnings"] + quiet.meta["warnings"])
+    assert np.abs(quiet.offsets - loud.offsets).max() < 0.05 * np.abs(loud.offsets).max()
+
+
 # ---- the worker, driven through its protocol ------------------------------------------------
 
 
