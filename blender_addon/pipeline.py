@@ -320,7 +320,7 @@ def _compact_plan(prep: Prepared, r) -> tuple[basis.Plan, float]:
     if W.shape[0] != r.n_frames:
         raise PipelineError(f"The backend's Compact weights cover {W.shape[0]} of {r.n_frames} frames.")
     s = prep.settings
-    plan = basis.plan_from_weights(W, B.reshape(len(B), -1), prep.audio.frame_start,
+    plan = basis.plan_from_weights(W, B.reshape(len(B), 3 * r.n_vertices), prep.audio.frame_start,
                                    float(report.get("max_error", float("nan"))), s.strength, s.smoothing)
     mpu = float(report.get("metres_per_unit") or metres_per_unit(r.meta, prep.export.neutral_local))
     return plan, mpu

@@ -148,6 +148,30 @@ def test_audio_file_end_to_end(e2e, scene):
     assert not [k for k in obj.data.shape_keys.key_blocks if k.name.startswith("ST_")]
 
 
+@pytest.mark.parametrize("mode", ["COMPACT", "EXACT"])
+def test_a_silent_clip_animates_a_face_at_rest(e2e, scene, mode, tmp_path):
+    """Digital silence through the real worker: the backend leaves the face at rest (all-zero
+    offsets, no basis at all in Compact) and the add-on writes that as a finished result that
+    shows the user's own mesh and animation unchanged on every frame."""
+    import wave
+
+    silent = tmp_path / "silence.wav"
+    with wave.open(str(silent), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(bytes(2 * 16000 * 2))
+    obj, before = placed_head()
+    scene.frame_start = 7
+    before_eval = {f: H.evaluated(obj, f) for f in range(6, 7 + 2 * 24 + 3)}
+    assert bpy.ops.scantalk.animate(audio_path=str(silent), mode=mode, checkpoint=e2e) == {"FINISHED"}
+    tag = importlib.import_module(PKG + ".writeback").result_info(obj)
+    assert tag["frame_start"] == 7 and abs(tag["frames"] - 2 * 24) <= 1
+    if mode == "COMPACT":
+        assert tag["basis_size"] == 0
+    for f, co in before_eval.items():
+        assert np.abs(H.evaluated(obj, f) - co).max() < 1e-6, f
+    H.assert_same_user_data(before, H.snapshot(obj))
+
+
 def test_bad_checkpoint_is_readable_and_changes_nothing(e2e, scene, tmp_path):
     """No fakes: a file that is not a checkpoint goes to the real backend, which refuses it."""
     obj, before = placed_head()
