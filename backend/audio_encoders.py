@@ -219,8 +219,8 @@ class LogMelEncoder(AudioEncoder):
         return torch.log(mel + 1e-6)
 
     def _log_mel_steps(self, x: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
-        """Steps [j0, j1) of `log_mel(x)` computed from only the samples they need: bit for bit
-        what the whole clip's transform gives there (reflected at the clip's own ends only)."""
+        """Steps [j0, j1) of `log_mel(x)` computed from only the samples they need: what the whole
+        clip's transform gives there, to float rounding (reflected at the clip's own ends only)."""
         half, n = self.n_fft // 2, x.shape[-1]
         idx = torch.arange(j0 * self.hop - half, (j1 - 1) * self.hop - half + self.n_fft, device=x.device)
         idx = torch.where(idx < 0, -idx, torch.where(idx >= n, 2 * (n - 1) - idx, idx))  # stft's reflect

@@ -166,8 +166,8 @@ def encode_speech(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float,
 
 
 # A clip whose loud frames (95th percentile) are quieter than this holds nothing to say: the face
-# stays at rest. -60 dBFS is ffmpeg silencedetect's default floor; speech recorded even 30 dB
-# below a normal level still has its loud frames above -55 dBFS. Without this rule the model,
+# stays at rest. -60 dBFS is ffmpeg silencedetect's default floor; the loud frames of the 91 real
+# recordings the articulation judges use sit at -12 to -38 dBFS. Without this rule the model,
 # which normalises every clip's loudness, reads digital silence as a mouth held 3 mm open and a
 # quiet room's hiss as mumbling.
 SILENT_DBFS = -60.0
@@ -410,6 +410,7 @@ def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units
             if silent:
                 log.warning(silent)
                 warnings.append(silent)
+                audio_lat = geom = None  # nothing to decode: _rest_chunks
             else:
                 audio_lat = audio_latents(model, wav, n_frames, cfg.fps, check, warnings)
                 geom = model.encode_geometry(torch.from_numpy(model_verts).float().to(dev), ops)
