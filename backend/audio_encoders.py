@@ -218,25 +218,25 @@ class LogMelEncoder(AudioEncoder):
         mel = self.mel_fb @ spec.abs().pow(2)  # [B, n_mels, N100]
         return torch.log(mel + 1e-6)
 
-    def _log_mel_steps(self, x: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
-        """Steps [j0, j1) of `log_mel(x)` computed from only the samples they need: what the whole
-        clip's transform gives there, to float rounding (reflected at the clip's own ends only)."""
-        half, n = self.n_fft // 2, x.shape[-1]
-        idx = torch.arange(j0 * self.hop - half, (j1 - 1) * self.hop - half + self.n_fft, device=x.device)
+    def _log_mel_steps(self, wav: torch.Tensor, j0: int, j1: int, peak) -> torch.Tensor:
+        """Steps [j0, j1) of `log_mel(wav / peak)` computed from only the samples they need: what
+        the whole clip's transform gives there, to float rounding (reflected at the clip's own ends
+        only), without a scaled copy of the whole clip."""
+        half, n = self.n_fft // 2, wav.shape[-1]
+        idx = torch.arange(j0 * self.hop - half, (j1 - 1) * self.hop - half + self.n_fft, device=wav.device)
         idx = torch.where(idx < 0, -idx, torch.where(idx >= n, 2 * (n - 1) - idx, idx))  # stft's reflect
-        return self._log(torch.stft(x[:, idx], self.n_fft, self.hop, window=self.window, center=False,
-                                    return_complex=True))
+        return self._log(torch.stft(wav[:, idx] / peak, self.n_fft, self.hop, window=self.window,
+                                    center=False, return_complex=True))
 
     def clip_stats(self, wav: torch.Tensor, block_steps: int = 8192) -> tuple:
         """(peak, mean, std) of `features`' normalisation over the whole clip [1, N], a block of
         steps at a time (an hour's spectrogram at once would take gigabytes)."""
         peak = wav.abs().amax(dim=-1, keepdim=True) + 1e-4
-        x = wav / peak
-        n_steps = x.shape[-1] // self.hop + 1
+        n_steps = wav.shape[-1] // self.hop + 1
         total = torch.zeros(self.n_mels, dtype=torch.float64, device=wav.device)
         squares = torch.zeros_like(total)
         for j0 in range(0, n_steps, block_steps):
-            m = self._log_mel_steps(x, j0, min(j0 + block_steps, n_steps))[0].double()
+            m = self._log_mel_steps(wav, j0, min(j0 + block_steps, n_steps), peak)[0].double()
             total += m.sum(dim=1)
             squares += m.pow(2).sum(dim=1)
         count = self.n_mels * n_steps
