@@ -228,10 +228,11 @@ class LogMelEncoder(AudioEncoder):
         return self._log(torch.stft(wav[:, idx] / peak, self.n_fft, self.hop, window=self.window,
                                     center=False, return_complex=True))
 
-    def clip_stats(self, wav: torch.Tensor, block_steps: int = 8192) -> tuple:
+    def clip_stats(self, wav: torch.Tensor, block_steps: int = 2048) -> tuple:
         """(peak, mean, std) of `features`' normalisation over the whole clip [1, N], a block of
         steps at a time (an hour's spectrogram at once would take gigabytes)."""
-        peak = wav.abs().amax(dim=-1, keepdim=True) + 1e-4
+        low, high = torch.aminmax(wav, dim=-1, keepdim=True)  # no |wav| copy of an hour of samples
+        peak = torch.maximum(-low, high) + 1e-4
         n_steps = wav.shape[-1] // self.hop + 1
         total = torch.zeros(self.n_mels, dtype=torch.float64, device=wav.device)
         squares = torch.zeros_like(total)
