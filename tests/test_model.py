@@ -202,7 +202,7 @@ def test_an_encoder_given_its_own_clip_stats_computes_what_it_computes_alone(mak
 @pytest.mark.parametrize("norm", ["utterance", "bin"])
 def test_a_window_of_room_tone_stays_quiet_given_its_clip_stats(norm):
     """Alone, a window of room tone is scaled up like speech; given the whole clip's statistics
-    it stays as quiet as in a single pass. (HuBERT's first convolution normalises each window
+    it stays far quieter than the clip's speech. (HuBERT's first convolution normalises each window
     again, GroupNorm over time, so there the statistics alone do not keep a pause quiet.)"""
     torch.manual_seed(0)
     enc = LogMelEncoder(n_mels=16, hidden=8, out_dim=4, norm=norm)
