@@ -173,9 +173,10 @@ def encode_speech(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float,
 SILENT_DBFS = -60.0
 
 
-def silent_clip(wav: torch.Tensor, n_frames: int, fps: float) -> str | None:
-    """The warning for a clip with nothing audible in it (SILENT_DBFS), else None."""
-    loud = float(torch.quantile(frame_levels(wav, n_frames, fps), 0.95))
+def silent_clip(levels: torch.Tensor) -> str | None:
+    """The warning for a clip with nothing audible in it (SILENT_DBFS), else None; `levels` are
+    its frames' (speech_spread.frame_levels)."""
+    loud = float(torch.quantile(levels, 0.95))
     if loud >= SILENT_DBFS:
         return None
     return (f"the audio is silent (its loudest moments are at {max(loud, -120.0):.0f} dBFS, below "
@@ -193,12 +194,12 @@ def raw_latents(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float, c
 
 
 def audio_latents(model: ScanTalk, wav: torch.Tensor, n_frames: int, fps: float, check=None,
-                  warnings: list | None = None) -> torch.Tensor:
+                  warnings: list | None = None, levels: torch.Tensor | None = None) -> torch.Tensor:
     """What the decoder reads, [n_frames, latent]: the raw latents with the spread of the model's
     training speech (backend/speech_spread.py). A clip the model does not hear as speech adds
-    NOT_SPEECH to `warnings`."""
+    NOT_SPEECH to `warnings`. `levels`: the frames' (frame_levels), when the caller has them."""
     latents = raw_latents(model, wav, n_frames, fps, check)
-    speech = speech_frames(wav, n_frames, fps)
+    speech = speech_frames(frame_levels(wav, n_frames, fps) if levels is None else levels)
     stretch = clip_stretch(latents, speech, model.cfg.speech_spread)
     if warnings is not None and not is_speech_like(stretch):
         log.warning(NOT_SPEECH)
@@ -406,13 +407,14 @@ def _run(mesh, audio, checkpoint, fps, device, start, duration, normalize, units
             n_frames = model.num_frames(wav.shape[1], cfg.fps)
             if n_frames < 2:
                 raise ScanTalkError("the audio is too short for even two frames of animation")
-            silent = silent_clip(wav, n_frames, cfg.fps)
+            levels = frame_levels(wav, n_frames, cfg.fps)
+            silent = silent_clip(levels)
             if silent:
                 log.warning(silent)
                 warnings.append(silent)
                 audio_lat = geom = None  # nothing to decode: _rest_chunks
             else:
-                audio_lat = audio_latents(model, wav, n_frames, cfg.fps, check, warnings)
+                audio_lat = audio_latents(model, wav, n_frames, cfg.fps, check, warnings, levels)
                 geom = model.encode_geometry(torch.from_numpy(model_verts).float().to(dev), ops)
             del wav
             riders = ride_plan(model_verts, faces) if cfg.separate_parts == "ride" else RidePlan(())

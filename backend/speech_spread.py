@@ -34,11 +34,10 @@ MAX_CLIP_STRETCH = 2.0
 BLOCK_FRAMES = 4096  # frame energies a block at a time: an hour of audio without an hour of doubles
 
 
-def speech_frames(wav: torch.Tensor, n_frames: int, fps: float) -> torch.Tensor:
-    """[n_frames] bool: the animation frames whose stretch of `wav` ([N] or [1, N], 16 kHz) is
-    speech by energy: within SPEECH_DB of the clip's 95th-percentile frame."""
-    db = frame_levels(wav, n_frames, fps)
-    return db > torch.quantile(db, 0.95) - SPEECH_DB
+def speech_frames(levels: torch.Tensor) -> torch.Tensor:
+    """[n_frames] bool: the animation frames that are speech by energy, given their `levels`
+    (frame_levels'): within SPEECH_DB of the clip's 95th-percentile frame."""
+    return levels > torch.quantile(levels, 0.95) - SPEECH_DB
 
 
 def frame_levels(wav: torch.Tensor, n_frames: int, fps: float) -> torch.Tensor:
@@ -83,8 +82,3 @@ def apply_stretch(latents: torch.Tensor, speech: torch.Tensor, stretch: torch.Te
     mean = latents[speech.to(latents.device)].mean(0)
     return mean + (latents - mean) * stretch.clamp(1 / MAX_STRETCH, MAX_STRETCH)
 
-
-def restore_spread(latents: torch.Tensor, speech: torch.Tensor, spread) -> torch.Tensor:
-    """latents [T, L] stretched per dimension about their mean over the `speech` frames, so that
-    their standard deviation there is `spread` [L]."""
-    return apply_stretch(latents, speech, clip_stretch(latents, speech, spread))

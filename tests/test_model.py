@@ -171,11 +171,13 @@ def test_logmel_dilation_widens_the_context_and_keeps_the_frames(dilation, layer
             LogMelEncoder(**bad)
 
 
+TINY_TRANSFORMER = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                        conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
+                        num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
+
+
 def _tiny_hubert():
-    return build_audio_encoder({"kind": "hubert", "config": dict(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-        conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
-        num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)}).eval()
+    return build_audio_encoder({"kind": "hubert", "config": TINY_TRANSFORMER}).eval()
 
 
 def _speech_then_room_tone(seconds_of_tone: float) -> torch.Tensor:
@@ -233,10 +235,7 @@ def test_logmel_clip_stats_are_exact_block_by_block():
 
 @pytest.mark.parametrize("kind", ["hubert", "wav2vec2"])
 def test_transformer_encoders_from_tiny_config_and_local_dir(kind, tmp_path):
-    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-                 conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
-                 num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
-    enc = build_audio_encoder({"kind": kind, "config": small}).eval()
+    enc = build_audio_encoder({"kind": kind, "config": TINY_TRANSFORMER}).eval()
     enc.model.save_pretrained(tmp_path / "local")  # what a user has on disk
     again = TransformerSpeechEncoder(kind, pretrained_dir=str(tmp_path / "local")).eval()
     wav = torch.randn(1, 8000)

@@ -28,21 +28,26 @@ def test_speech_frames_are_the_voice_not_the_silence_around_it(monkeypatch):
     voice = load_audio(DEMO_VOICE)
     wav = torch.from_numpy(np.concatenate([np.zeros(16000, np.float32), voice, np.zeros(16000, np.float32)]))
     n = int(len(wav) / 16000 * FPS) + 1
-    speech = ss.speech_frames(wav, n, FPS)
+    speech = ss.speech_frames(ss.frame_levels(wav, n, FPS))
     assert speech.shape == (n,) and speech.dtype == torch.bool
     assert not speech[:30].any() and not speech[-30:].any()  # the padded seconds
     assert speech[30:-30].float().mean() > 0.7
     monkeypatch.setattr(ss, "BLOCK_FRAMES", 7)  # block by block: the same frames
-    assert torch.equal(ss.speech_frames(wav[None], n, FPS), speech)
+    assert torch.equal(ss.speech_frames(ss.frame_levels(wav[None], n, FPS)), speech)
 
 
-def test_restore_spread_gives_each_dimension_the_training_spread():
+def restore(z, speech, spread):
+    """What audio_latents does with a clip's raw latents."""
+    return ss.apply_stretch(z, speech, ss.clip_stretch(z, speech, spread))
+
+
+def test_the_stretch_gives_each_dimension_the_training_spread():
     g = torch.Generator().manual_seed(0)
     z = torch.randn(200, 4, generator=g) * torch.tensor([0.5, 1.0, 2.0, 0.1]) + torch.tensor([1.0, -1.0, 0.0, 3.0])
     speech = torch.ones(200, dtype=torch.bool)
     speech[:40] = False
     target = torch.tensor([1.0, 1.5, 1.0, 0.2])
-    out = ss.restore_spread(z, speech, tuple(target.tolist()))
+    out = restore(z, speech, tuple(target.tolist()))
     torch.testing.assert_close(out[speech].std(0), target)
     torch.testing.assert_close(out[speech].mean(0), z[speech].mean(0))  # the clip's own mean stays
     # the silent frames move by the same map as the speech frames
@@ -51,22 +56,22 @@ def test_restore_spread_gives_each_dimension_the_training_spread():
     # nothing to measure, nothing to restore: the latents as they were
     few = torch.zeros(200, dtype=torch.bool)
     few[:ss.MIN_SPEECH_FRAMES - 1] = True
-    assert ss.restore_spread(z, few, tuple(target.tolist())) is z
-    assert ss.restore_spread(z, speech, ()) is z
+    assert restore(z, few, tuple(target.tolist())) is z
+    assert restore(z, speech, ()) is z
     with pytest.raises(ValueError, match="speech_spread has 3 values for 4 latent dimensions"):
-        ss.restore_spread(z, speech, (1.0, 1.0, 1.0))
+        restore(z, speech, (1.0, 1.0, 1.0))
     # a dimension that hardly moves is stretched at most MAX_STRETCH times, never to infinity
     flat = z.clone()
     flat[:, 0] = 2.0 + 1e-9 * torch.arange(200)
-    out = ss.restore_spread(flat, speech, tuple(target.tolist()))
+    out = restore(flat, speech, tuple(target.tolist()))
     assert torch.isfinite(out).all()
     assert float(out[speech, 0].std()) <= ss.MAX_STRETCH * float(flat[speech, 0].std()) * 1.0001
     torch.testing.assert_close(out[speech, 1:].std(0), target[1:])
     # a clip that varies far less than speech does in most dimensions is not speech: untouched
     quiet = tuple((z[speech].std(0) * (ss.MAX_CLIP_STRETCH + 0.1)).tolist())
-    assert ss.restore_spread(z, speech, quiet) is z
+    assert restore(z, speech, quiet) is z
     loud = tuple((z[speech].std(0) * (ss.MAX_CLIP_STRETCH - 0.1)).tolist())
-    assert ss.restore_spread(z, speech, loud) is not z
+    assert restore(z, speech, loud) is not z
 
 
 def test_config_carries_the_spread_and_reads_files_without_it():
@@ -115,7 +120,7 @@ def test_measured_spread_reaches_inference(dataset, tmp_path):
     clip = dataset / "wav" / "s04_sent00.wav"
     wav = torch.from_numpy(load_audio(clip))[None]
     n = measured.num_frames(wav.shape[1], FPS)
-    speech = ss.speech_frames(wav, n, FPS)
+    speech = ss.speech_frames(ss.frame_levels(wav, n, FPS))
     with torch.inference_mode():
         lat = audio_latents(measured, wav, n, FPS)
         raw_lat = audio_latents(load_model(raw_path), wav, n, FPS)

@@ -30,14 +30,14 @@ def measure_spread(model, wavs) -> tuple[np.ndarray, int]:
     """Per-dimension standard deviation of `model`'s raw audio latents over the speech frames of
     every waveform in `wavs` (16 kHz float arrays), pooled; and the number of those frames."""
     from backend.inference import raw_latents
-    from backend.speech_spread import speech_frames
+    from backend.speech_spread import frame_levels, speech_frames
 
     fps = model.cfg.fps
     frames = []
     for wav in wavs:
         w = torch.from_numpy(np.ascontiguousarray(wav, np.float32))[None]
         n = model.num_frames(w.shape[1], fps)
-        frames.append(raw_latents(model, w, n, fps)[speech_frames(w, n, fps)].double())
+        frames.append(raw_latents(model, w, n, fps)[speech_frames(frame_levels(w, n, fps))].double())
     pooled = torch.cat(frames) if frames else torch.zeros(0, model.cfg.latent, dtype=torch.float64)
     if len(pooled) < 2:
         raise ValueError("no speech frames to measure: are the clips silent?")
