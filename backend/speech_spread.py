@@ -70,7 +70,7 @@ def clip_stretch(latents: torch.Tensor, speech: torch.Tensor, spread) -> torch.T
 
 def is_speech_like(stretch: torch.Tensor | None) -> bool:
     """False for a clip the model hears as far less varied than speech (MAX_CLIP_STRETCH)."""
-    return stretch is None or float(stretch.median()) <= MAX_CLIP_STRETCH
+    return stretch is None or float(stretch.detach().median()) <= MAX_CLIP_STRETCH
 
 
 def apply_stretch(latents: torch.Tensor, speech: torch.Tensor, stretch: torch.Tensor | None) -> torch.Tensor:

@@ -113,6 +113,11 @@ class TrainSection:
     audio_pretrain_steps: int = 0
     audio_pretrain_lr: float = 5e-4
     audio_lr_scale: float = 1.0  # joint training: the audio path's (and viseme head's) lr multiplier
+    # The decoder reads the latents as inference gives them: each clip's stretched to the model's
+    # speech spread (backend/speech_spread.py), so it learns on the spread it will be given rather
+    # than each voice's own. The spread comes from init_from's (or the resumed) model file, which
+    # must have one (python -m training.speech_spread), and stays fixed in the trained model.
+    stretch_latents: bool = False
     # > 0: validate and save a moving average of the weights over the last ~1/(1 - ema_decay) joint
     # steps (training/weight_average.py); last.pt keeps the optimised weights for --resume.
     ema_decay: float = 0.0

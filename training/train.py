@@ -59,6 +59,7 @@ from backend.diffusionnet import TorchOperators
 from backend.framing import bbox
 from backend.model import ModelConfig, ScanTalk
 from backend.operator_cache import get_operators
+from backend.speech_spread import apply_stretch, clip_stretch, frame_levels, speech_frames
 from training.audio_pretrain import audio_parameters, pretrain_audio
 from training.augment import augment_audio, interpolate_frames, speed_frame_positions, speed_perturb
 from training.config import ConfigError, TrainConfig, load_config
@@ -280,6 +281,7 @@ class Example:
     size: float = 1.0  # the random scale applied to neutral and target (augment_size)
     pad0: int = 0  # silent frames put before the clip
     speed: float = 1.0  # the speed perturbation's factor (> 1: faster)
+    speech: torch.Tensor | None = None  # [n_frames] bool, speech by energy (train.stretch_latents)
 
 
 def make_example(clip: Clip, shape: Shape, store: ClipStore, tcfg, rng: np.random.Generator,
@@ -338,8 +340,10 @@ def make_example(clip: Clip, shape: Shape, store: ClipStore, tcfg, rng: np.rando
         bilabial = None if visemes is None else visemes[f0:f1] == PP_CLASS
         g0 = float(lip_gap(neutral[None], shape.upper, shape.lower)[0])
         gap = GapInputs(shape.upper, shape.lower, g0, bilabial)
-    return Example(torch.from_numpy(np.ascontiguousarray(wav))[None].to(device), total, f0, f1,
-                   neutral, ops, target, shape.lips, gap, visemes, s, pad0, speed)
+    wav_t = torch.from_numpy(np.ascontiguousarray(wav))[None]
+    speech = speech_frames(frame_levels(wav_t, total, clip.fps)).to(device) if tcfg.stretch_latents else None
+    return Example(wav_t.to(device), total, f0, f1, neutral, ops, target, shape.lips, gap, visemes, s, pad0,
+                   speed, speech)
 
 
 def example_weights(weights: LossWeights, size: float, at_life_size: bool) -> LossWeights:
@@ -358,11 +362,20 @@ class WindowStep(nn.Module):
         self.model = model
         self.phone_head = phone_head  # trainer-only viseme classifier on the audio latents
 
-    def forward(self, wav, n_frames: int, f0: int, f1: int, neutral, ops, feature_transform=None):
+    def forward(self, wav, n_frames: int, f0: int, f1: int, neutral, ops, feature_transform=None, speech=None):
         audio = self.model.encode_audio(wav, n_frames, feature_transform)
         logits = None if self.phone_head is None else self.phone_head(audio)  # every frame
+        audio = stretched(self.model, audio, speech)
         geom = self.model.encode_geometry(neutral, ops)
         return neutral[None] + self.model.decode(geom, audio[f0:f1], ops), logits
+
+
+def stretched(model: ScanTalk, audio: torch.Tensor, speech: torch.Tensor | None) -> torch.Tensor:
+    """The latents [T, L] the decoder reads: with train.stretch_latents (`speech` given), the
+    clip's stretched to the model's speech spread, as backend.inference.audio_latents does."""
+    if speech is None:
+        return audio
+    return apply_stretch(audio, speech, clip_stretch(audio, speech, model.cfg.speech_spread))
 
 
 # --------------------------------------------------------------------------- schedule, eval
@@ -399,10 +412,10 @@ def validate(model: ScanTalk, clips, shapes, store, cfg: TrainConfig, weights: L
         ex = make_example(clip, shape, store, cfg.train, rng, device, train=False,
                           phones=phones.get(clip.name), phone_lead=cfg.loss.phone_lead)
         audio = model.encode_audio(ex.wav, ex.n_frames)
+        logits = None if phone_head is None else phone_head(audio)
         geom = model.encode_geometry(ex.neutral, ex.ops)
         chunk = chunk_size(ex.neutral.shape[0], model.cfg.width, device)
-        pred = ex.neutral[None] + model.decode(geom, audio, ex.ops, chunk_frames=chunk)
-        logits = None if phone_head is None else phone_head(audio)
+        pred = ex.neutral[None] + model.decode(geom, stretched(model, audio, ex.speech), ex.ops, chunk_frames=chunk)
         terms = compute_losses(pred, ex.target, weights, ex.lips, ex.gap, logits, ex.visemes)
         lve = float("nan")
         if ex.lips is not None:
@@ -486,6 +499,20 @@ def weights_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def spread_to_keep(cfg: TrainConfig, resume: str | None, out: Path) -> tuple:
+    """train.stretch_latents: the speech spread of the model the run starts from (the resumed
+    last.pt, else init_from), which the trained model keeps."""
+    source = (out / "last.pt" if resume == "auto" else Path(resume)) if resume else cfg.train.init_from
+    if not source:
+        raise ConfigError("train.stretch_latents needs a model to take the speech spread from: set "
+                          "train.init_from to a model file with one (python -m training.speech_spread)")
+    spread = (read_file(source).get("config") or {}).get("speech_spread")
+    if not spread:
+        raise ConfigError(f"train.stretch_latents: {source} has no speech spread; measure one first "
+                          f"(python -m training.speech_spread --checkpoint {source} ...)")
+    return tuple(float(v) for v in spread)
+
+
 def build_model_config(cfg: TrainConfig, fps: float, frame_size: float) -> ModelConfig:
     m = cfg.model
     return ModelConfig(audio=m.audio, latent=m.latent, width=m.width, n_blocks=m.n_blocks,
@@ -531,6 +558,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         f"{frame_size:.4f}; {d.world} process(es) on {device}")
 
     mcfg = build_model_config(cfg, train_set.fps, frame_size)
+    if tc.stretch_latents:
+        mcfg.speech_spread = spread_to_keep(cfg, resume, out)
     if cfg.augment.phones_from_labels_prob > 0 and (mcfg.audio.get("config") or {}).get("phones") != "pocketsphinx":
         raise ConfigError("augment.phones_from_labels_prob swaps the generator's phones in for the recogniser's: "
                           "it needs model.audio.config.phones = \"pocketsphinx\" (a log-mel encoder that reads them)")
@@ -684,7 +713,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             times = stream_times(ex.wav.shape[1], clip.fps, ex.pad0, ex.speed)
             stream = phones_from_labels(aug, phones.get(clip.name), times,
                                         np.random.default_rng([tc.seed, 37, d.rank, step]))
-        pred, logits = net(ex.wav, ex.n_frames, ex.f0, ex.f1, ex.neutral, ex.ops, chain(stream, masker))
+        pred, logits = net(ex.wav, ex.n_frames, ex.f0, ex.f1, ex.neutral, ex.ops, chain(stream, masker),
+                           ex.speech)
         w = example_weights(weights, ex.size, cfg.loss.at_life_size)
         terms = compute_losses(pred, ex.target, w, ex.lips, ex.gap, logits, ex.visemes)
         opt.zero_grad(set_to_none=True)
