@@ -347,6 +347,57 @@ def test_resume_with_other_loss_weights_chooses_best_afresh(dataset, tmp_path, c
     assert torch.load(out / "best.pt", weights_only=True)["step"] in (3, 4)  # written by the resumed run
 
 
+def test_stretch_latents_trains_the_decoder_on_the_spread_inference_gives(dataset, tmp_path):
+    """train.stretch_latents: the decoder reads each clip's latents stretched to the starting
+    model's speech spread (over its speech frames), the trained model keeps that spread, resume
+    keeps it, and a starting model without one is refused with the command that measures one."""
+    from backend.checkpoint import load_model, read_file
+    from training import train as T
+
+    base = tmp_path / "base"
+    T.train(load_config(None, tiny_cfg(dataset, base, "train.steps=2", "train.val_every=100")))
+    with pytest.raises(ConfigError, match="has no speech spread.*training.speech_spread"):
+        T.train(load_config(None, tiny_cfg(dataset, tmp_path / "no", "train.steps=1", "train.stretch_latents=true",
+                                           f"train.init_from={base / 'last.pt'}")))
+    with pytest.raises(ConfigError, match="needs a model to take the speech spread from"):
+        T.train(load_config(None, tiny_cfg(dataset, tmp_path / "no", "train.steps=1", "train.stretch_latents=true")))
+
+    # what the decoder reads: the speech frames (not the padded silence) carry the spread
+    args = ["train.stretch_latents=true", f"train.init_from={base / 'with_spread.pt'}", "train.val_every=100",
+            "train.silence_pad_prob=1.0", "train.silence_pad_max=0.5"]
+    cfg = load_config(None, tiny_cfg(dataset, tmp_path / "unused", "train.window_frames=0", *args))
+    lst = T.read_split(cfg.data, "train")
+    shapes = T.prepare_shapes([lst], 12, 1e-8, str(tmp_path / "opcache"), T.Dist(), torch.device("cpu"))
+    ex = T.make_example(lst[0], shapes[lst[0].subject], T.ClipStore(), cfg.train, np.random.default_rng(1),
+                        torch.device("cpu"), train=True)
+    assert ex.pad0 > 0 and ex.speech.shape == (ex.n_frames,)
+    assert not ex.speech[:ex.pad0].any() and ex.speech.sum() >= 8
+    with torch.no_grad():
+        raw = load_model(base / "last.pt").encode_audio(ex.wav, ex.n_frames)
+    data = read_file(base / "last.pt")
+    spread = (raw[ex.speech].std(0) * torch.linspace(0.6, 1.8, 8)).tolist()  # within the stretch's bounds
+    data["config"]["speech_spread"] = spread
+    torch.save(data, base / "with_spread.pt")
+    model = load_model(base / "with_spread.pt")
+    read = T.stretched(model, raw, ex.speech)
+    torch.testing.assert_close(read[ex.speech].std(0), torch.tensor(spread), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(read[ex.speech].mean(0), raw[ex.speech].mean(0), rtol=1e-4, atol=1e-6)
+    assert torch.equal(T.stretched(model, raw, None), raw)  # without the flag: as encoded
+    with torch.no_grad():  # the training step decodes the stretched latents
+        pred, _ = T.WindowStep(model)(ex.wav, ex.n_frames, 0, ex.n_frames, ex.neutral, ex.ops, speech=ex.speech)
+        want = ex.neutral[None] + model.decode(model.encode_geometry(ex.neutral, ex.ops), read, ex.ops)
+        plain, _ = T.WindowStep(model)(ex.wav, ex.n_frames, 0, ex.n_frames, ex.neutral, ex.ops)
+    torch.testing.assert_close(pred, want)
+    assert not torch.allclose(pred, plain)
+
+    out = tmp_path / "st"
+    T.train(load_config(None, tiny_cfg(dataset, out, "train.steps=2", *args)))
+    assert load_model(out / "last.pt").cfg.speech_spread == pytest.approx(spread)
+    T.train(load_config(None, tiny_cfg(dataset, out, "train.steps=3", *args)), resume="auto")
+    assert read_file(out / "last.pt")["step"] == 3
+    assert load_model(out / "last.pt").cfg.speech_spread == pytest.approx(spread)
+
+
 def test_train_cli_reports_bad_config(tmp_path, capsys):
     from training import train
 
