@@ -180,6 +180,11 @@ def _tiny_hubert():
     return build_audio_encoder({"kind": "hubert", "config": TINY_TRANSFORMER}).eval()
 
 
+def _tiny_stable_wav2vec2():  # LayerNorm over channels (wav2vec2-large): nothing normalised over time
+    return build_audio_encoder({"kind": "wav2vec2", "config": {**TINY_TRANSFORMER, "feat_extract_norm": "layer",
+                                                               "do_stable_layer_norm": True}}).eval()
+
+
 def _speech_then_room_tone(seconds_of_tone: float) -> torch.Tensor:
     wav, sr = sf.read(shared_path(*FIXTURE, "speech_16k.wav"), dtype="float32")
     tone = 1e-3 * np.random.default_rng(0).standard_normal(int(seconds_of_tone * sr))  # -60 dBFS
@@ -188,26 +193,29 @@ def _speech_then_room_tone(seconds_of_tone: float) -> torch.Tensor:
 
 @pytest.mark.parametrize("make", [lambda: LogMelEncoder(n_mels=16, hidden=8, out_dim=4),
                                   lambda: LogMelEncoder(n_mels=16, hidden=8, out_dim=4, norm="bin"),
-                                  _tiny_hubert], ids=["logmel", "logmel-bin", "hubert"])
+                                  _tiny_hubert, _tiny_stable_wav2vec2],
+                         ids=["logmel", "logmel-bin", "hubert", "wav2vec2-layer-norm"])
 def test_an_encoder_given_its_own_clip_stats_computes_what_it_computes_alone(make):
     """The statistics, summed a block at a time, are the per-utterance ones."""
     torch.manual_seed(0)
     enc = make()
     wav = _speech_then_room_tone(3.0)
     n = enc.num_frames(wav.shape[1], 30)
-    blocks = dict(block_steps=37) if isinstance(enc, LogMelEncoder) else {}
+    blocks = dict(block_steps=37) if isinstance(enc, LogMelEncoder) else dict(block_frames=333)
     with torch.no_grad():
         torch.testing.assert_close(enc(wav, n, stats=enc.clip_stats(wav, **blocks)), enc(wav, n),
                                    rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("norm", ["utterance", "bin"])
-def test_a_window_of_room_tone_stays_quiet_given_its_clip_stats(norm):
+@pytest.mark.parametrize("make", [lambda: LogMelEncoder(n_mels=16, hidden=8, out_dim=4),
+                                  lambda: LogMelEncoder(n_mels=16, hidden=8, out_dim=4, norm="bin"),
+                                  _tiny_hubert], ids=["logmel", "logmel-bin", "hubert"])
+def test_a_window_of_room_tone_stays_quiet_given_its_clip_stats(make):
     """Alone, a window of room tone is scaled up like speech; given the whole clip's statistics
-    it stays far quieter than the clip's speech. (HuBERT's first convolution normalises each window
-    again, GroupNorm over time, so there the statistics alone do not keep a pause quiet.)"""
+    it stays far quieter than the clip's speech. (HuBERT's first convolution normalises over time
+    too, GroupNorm: its statistics come from the whole clip as well.)"""
     torch.manual_seed(0)
-    enc = LogMelEncoder(n_mels=16, hidden=8, out_dim=4, norm=norm)
+    enc = make()
     wav = _speech_then_room_tone(3.0)
     with torch.no_grad():
         tone = wav[:, -32000:]  # the last 2 s: room tone only
