@@ -21,6 +21,8 @@ is saved in last.pt under `aux_heads` for --resume, never in the model's weights
 `train.audio_pretrain_steps` first trains the audio path and that head alone on whole clips
 (training/audio_pretrain.py); `train.init_from` starts from another run's weights with a fresh
 optimizer and schedule (fine-tuning), `train.audio_lr_scale` slows the audio path in joint training.
+`train.stretch_latents` has the decoder read each clip's latents stretched to the starting model's
+speech spread (backend/speech_spread.py), as inference gives them.
 
 Every template is centred on its bounding-box centre, in training and at inference (the model's
 frame: `frame_centre` = (0, 0, 0), `frame_size` = the mean bounding-box diagonal of the training
