@@ -125,14 +125,14 @@ class TransformerSpeechEncoder(AudioEncoder):
         return first if isinstance(getattr(first, "layer_norm", None), nn.GroupNorm) else None
 
     def clip_stats(self, wav: torch.Tensor, block_frames: int = 8192) -> tuple:
-        """(mean, population variance) of the whole waveform [1, N]; with a GroupNorm first layer
-        also each channel's mean and population variance of that layer's convolution over the
-        whole clip, `block_frames` of its output at a time (an hour of audio is 11.5 M of them;
-        a block of 512 channels holds 17 MB in float32)."""
+        """(mean, population variance, conv) of the whole waveform [1, N]; `conv` is None, or with
+        a GroupNorm first layer each channel's (mean, population variance) of that layer's
+        convolution over the whole clip, `block_frames` of its output at a time (an hour of audio
+        is 11.5 M of them; a block of 512 channels holds 17 MB in float32)."""
         var, mean = torch.var_mean(wav, dim=-1, keepdim=True, unbiased=False)
         layer = self._group_norm_layer()
         if layer is None:
-            return mean, var
+            return mean, var, None
         k, s = layer.conv.kernel_size[0], layer.conv.stride[0]
         n_out = (wav.shape[-1] - k) // s + 1
         sums = torch.zeros(2, layer.conv.out_channels, dtype=torch.float64, device=wav.device)
@@ -142,7 +142,7 @@ class TransformerSpeechEncoder(AudioEncoder):
             sums += torch.stack([y.sum(-1), (y * y).sum(-1)])
         conv_mean = sums[0] / n_out
         conv_var = (sums[1] / n_out - conv_mean ** 2).clamp(min=0)
-        return mean, var, conv_mean.float(), conv_var.float()
+        return mean, var, (conv_mean.float(), conv_var.float())
 
     def _conv_features(self, x: torch.Tensor, conv_stats: tuple | None) -> torch.Tensor:
         """The feature extractor on the normalised waveform [1, N]; with `conv_stats` its first
@@ -151,8 +151,8 @@ class TransformerSpeechEncoder(AudioEncoder):
             return self.model.feature_extractor(x)
         first, *rest = self.model.feature_extractor.conv_layers
         gn, (mean, var) = first.layer_norm, conv_stats
-        h = first.conv(x[:, None])
-        h = (h - mean[:, None]) / torch.sqrt(var[:, None] + gn.eps) * gn.weight[:, None] + gn.bias[:, None]
+        # GroupNorm with one channel per group, given its statistics: batch norm in eval form
+        h = F.batch_norm(first.conv(x[:, None]), mean, var, gn.weight, gn.bias, training=False, eps=gn.eps)
         h = first.activation(h)
         for layer in rest:
             h = layer(h)
@@ -162,7 +162,7 @@ class TransformerSpeechEncoder(AudioEncoder):
         if feature_transform is not None:
             raise ValueError(f"feature masking needs the logmel audio encoder, not {self.kind}")
         x = normalize_waveform(wav, None if stats is None else stats[:2])
-        feats = self._conv_features(x, None if stats is None or len(stats) < 4 else stats[2:])  # [1, 512, N50]
+        feats = self._conv_features(x, None if stats is None else stats[2])  # [1, 512, N50]
         feats = resample_frames(feats, n_frames).transpose(1, 2)
         proj = self.model.feature_projection(feats)
         hidden = proj[0] if isinstance(proj, tuple) else proj
