@@ -190,6 +190,15 @@ def mel_filterbank(n_fft: int, n_mels: int, sr: int = SAMPLE_RATE, fmin: float =
     return fb.astype(np.float32)
 
 
+def lifter_matrix(n: int, keep: int) -> np.ndarray:
+    """[n, n] projection of an n-bin log spectrum onto its first `keep` orthonormal DCT-II
+    coefficients and back (cepstral liftering): a smoothed spectrum on the same bins."""
+    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
+    dct = np.sqrt(2.0 / n) * np.cos(np.pi * k * (2 * i + 1) / (2 * n))
+    dct[0] /= np.sqrt(2.0)
+    return (dct[:keep].T @ dct[:keep]).astype(np.float32)
+
+
 class LogMelEncoder(AudioEncoder):
     """80-bin log-mel at 100 Hz → conv stack → features at the frame rate.
 
@@ -205,11 +214,14 @@ class LogMelEncoder(AudioEncoder):
     feature hears grows from 1 + (kernel-1)*n_layers steps to 1 + (kernel-1)*(d**n_layers-1)/(d-1)
     at the same weights and cost; a phone is told apart partly by the formant transitions into
     and out of its neighbours.
+    `lifter=K` keeps only the first K DCT coefficients of each step's log-mel (0 keeps all): the
+    vocal tract's envelope, which names the phone, without the voice's pitch harmonics, which the
+    low bins resolve and which synthetic training voices share with no real one.
     """
 
     def __init__(self, n_mels: int = 80, hidden: int = 128, out_dim: int = 128, n_layers: int = 2,
                  kernel: int = 5, hop: int = 160, n_fft: int = 400, norm: str = "utterance",
-                 phones: str = "none", mel: bool = True, dilation: int = 1):
+                 phones: str = "none", mel: bool = True, dilation: int = 1, lifter: int = 0):
         super().__init__()
         if norm not in ("utterance", "bin"):
             raise ValueError(f"logmel norm must be 'utterance' or 'bin', got {norm!r}")
@@ -219,6 +231,8 @@ class LogMelEncoder(AudioEncoder):
             raise ValueError("logmel with mel = false needs phones = 'pocketsphinx' (it would hear nothing)")
         if int(dilation) != dilation or dilation < 1:
             raise ValueError(f"logmel dilation must be a whole number >= 1, got {dilation!r}")
+        if int(lifter) != lifter or not 0 <= lifter <= n_mels:
+            raise ValueError(f"logmel lifter must be a whole number from 0 (off) to n_mels = {n_mels}, got {lifter!r}")
         if kernel % 2 == 0:
             raise ValueError(f"logmel kernel must be odd (features stay on their frames), got {kernel}")
         if phones != "none" and hop != 160:
@@ -226,6 +240,9 @@ class LogMelEncoder(AudioEncoder):
         self.norm, self.phones, self.mel = norm, phones, bool(mel)
         self.n_mels, self.hidden, self.n_layers, self.kernel = n_mels, hidden, n_layers, kernel
         self.hop, self.n_fft, self.out_dim, self.dilation = hop, n_fft, out_dim, int(dilation)
+        self.lifter = int(lifter)
+        if self.lifter:
+            self.register_buffer("smoothing", torch.from_numpy(lifter_matrix(n_mels, self.lifter)), persistent=False)
         self.register_buffer("mel_fb", torch.from_numpy(mel_filterbank(n_fft, n_mels)), persistent=False)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         layers, c = [], (n_mels if mel else 1) + (len(PHONES) if phones != "none" else 0)
@@ -241,7 +258,7 @@ class LogMelEncoder(AudioEncoder):
     def config_dict(self) -> dict:
         return dict(n_mels=self.n_mels, hidden=self.hidden, out_dim=self.out_dim, n_layers=self.n_layers,
                     kernel=self.kernel, hop=self.hop, n_fft=self.n_fft, norm=self.norm,
-                    phones=self.phones, mel=self.mel, dilation=self.dilation)
+                    phones=self.phones, mel=self.mel, dilation=self.dilation, lifter=self.lifter)
 
     def num_frames(self, num_samples: int, fps: float) -> int:
         return clip_frames(num_samples, fps)
@@ -251,8 +268,8 @@ class LogMelEncoder(AudioEncoder):
         return self._log(spec)
 
     def _log(self, spec: torch.Tensor) -> torch.Tensor:
-        mel = self.mel_fb @ spec.abs().pow(2)  # [B, n_mels, N100]
-        return torch.log(mel + 1e-6)
+        mel = torch.log(self.mel_fb @ spec.abs().pow(2) + 1e-6)  # [B, n_mels, N100]
+        return self.smoothing @ mel if self.lifter else mel
 
     def _log_mel_steps(self, wav: torch.Tensor, j0: int, j1: int, peak) -> torch.Tensor:
         """Steps [j0, j1) of `log_mel(wav / peak)` computed from only the samples they need: what
