@@ -215,8 +215,9 @@ class LogMelEncoder(AudioEncoder):
     at the same weights and cost; a phone is told apart partly by the formant transitions into
     and out of its neighbours.
     `lifter=K` keeps only the first K DCT coefficients of each step's log-mel (0 keeps all): the
-    vocal tract's envelope, which names the phone, without the voice's pitch harmonics, which the
-    low bins resolve and which synthetic training voices share with no real one.
+    vocal tract's envelope, which names the phone, without most of the pitch harmonics that the
+    low bins resolve, in case a path trained on a few synthetic voices leans on them (measured at
+    K=20: no gain on real speech beyond the seed spread; docs/experiments.md).
     """
 
     def __init__(self, n_mels: int = 80, hidden: int = 128, out_dim: int = 128, n_layers: int = 2,

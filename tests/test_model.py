@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from scipy.signal import lfilter
 
 from backend.audio_encoders import LogMelEncoder, TransformerSpeechEncoder, build_audio_encoder
 from backend.checkpoint import infer_hubert_config, load_model, read_file
@@ -174,7 +175,6 @@ def test_logmel_dilation_widens_the_context_and_keeps_the_frames(dilation, layer
 def _voiced(f0: float, seconds: float = 0.5, sr: int = 16000) -> torch.Tensor:
     """A pulse train at pitch f0 through two fixed resonances (one vowel's formants, 700 and
     1200 Hz): one vocal tract, any voice's pitch."""
-    from scipy.signal import lfilter
     x = np.zeros(int(seconds * sr))
     x[::int(round(sr / f0))] = 1.0
     for f, bw in ((700.0, 80.0), (1200.0, 90.0)):
