@@ -350,3 +350,23 @@ def test_phone_loop_scores_real_speech(tmp_path, capsys):
     # one scorer at a time
     with pytest.raises(SystemExit):
         audio_pretrain.main(["--phone-loop", "--checkpoint", "x.pt", "--speech-dir", str(speech)])
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.25])
+def test_sped_up_labels_follow_the_audio(factor):
+    """A clip of 1/3 s tone bursts and pauses, labelled 1 in the bursts: sped up, each new frame's
+    label still says whether its audio is a burst (without the re-timing they drift apart)."""
+    from training.audio_pretrain import sped_up
+
+    sr, fps, n = 16000, 30.0, 181
+    frame = np.arange(n)
+    labels = torch.from_numpy(((frame // 10) % 2 == 0).astype(np.int64))
+    t = np.arange(int(6 * sr)) / sr
+    wav = np.where(((t * fps).astype(int) // 10) % 2 == 0, 0.5 * np.sin(2 * np.pi * 220 * t), 0.0)
+    fast, y = sped_up(wav.astype(np.float32), labels, fps, factor)
+    assert len(y) == int(np.floor(len(fast) / sr * fps + 1e-6)) + 1
+    hop = sr / fps
+    loud = np.array([np.abs(fast[int(j * hop):int(j * hop + hop)]).mean() > 0.1 for j in range(len(y) - 1)])
+    edges = np.abs(np.diff(y.numpy()[:-1], prepend=y.numpy()[0])) > 0  # frames at a burst's edge may straddle it
+    agree = (loud == y.numpy()[:-1].astype(bool))[~(edges | np.roll(edges, -1))]
+    assert agree.mean() > 0.97

@@ -36,7 +36,7 @@ from torch import nn
 
 from backend.audio_encoders import clip_frames
 from backend.model import ScanTalk
-from training.augment import augment_audio
+from training.augment import augment_audio, speed_frame_positions, speed_perturb
 from training.feature_mask import feature_masker
 from training.losses import PP_CLASS, phone_loss
 from training.phone_stream_sim import chain
@@ -46,6 +46,14 @@ def audio_parameters(model: ScanTalk) -> list[nn.Parameter]:
     """The parameters between the waveform and the audio latents the decoder reads."""
     mods = (model.audio_encoder, model.audio_embedding, model.lstm)
     return [p for m in mods for p in m.parameters() if p.requires_grad]
+
+
+def sped_up(wav: np.ndarray, labels: torch.Tensor, fps: float, factor: float) -> tuple[np.ndarray, torch.Tensor]:
+    """The clip played `factor` times faster (pitch moves with it, as joint training's speed
+    perturbation) and each new frame's label: the one of the source frame nearest its time."""
+    wav = speed_perturb(wav, factor)
+    src = np.rint(speed_frame_positions(len(wav), fps, factor, len(labels))).astype(np.int64)
+    return wav, labels[torch.from_numpy(src).to(labels.device)]
 
 
 def _logits(model, head, wav: np.ndarray, labels: torch.Tensor, feature_transform=None) -> torch.Tensor:
@@ -87,14 +95,18 @@ def viseme_scores(model, head, clips: Sequence, wav_of: Callable, labels_of: Cal
 def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Callable,
                    labels_of: Callable, *, steps: int, lr: float, grad_clip: float, aug, seed: int,
                    d, log, val_clips: Sequence = (), log_every: int = 250,
-                   bilabial_weight: float = 1.0, phone_stream: Callable | None = None) -> dict:
+                   bilabial_weight: float = 1.0, phone_stream: Callable | None = None,
+                   speed: tuple | None = None) -> dict:
     """Train the audio path and `head` on viseme cross-entropy for `steps` steps of one clip per
     rank (gradients averaged over the ranks, so the replicas stay identical). `wav_of(clip)` gives
     the 16 kHz waveform, `labels_of(clip)` the viseme class of every motion frame (-1 unknown).
     Audio augmentation and feature masking as in joint training; cosine decay from lr to lr/10;
     the PP frames weigh `bilabial_weight` (training.losses.phone_loss); `phone_stream(clip,
     n_samples, rng)` may give a feature transform that swaps in the generator's phones
-    (training.phone_stream_sim). Returns the validation scores before and after (unweighted)."""
+    (training.phone_stream_sim). `speed` = (probability, (low, high)): the clip sped up by a factor
+    drawn from [low, high] and its labels re-timed (`sped_up`); off by default, so runs without it
+    draw the same augmentations as before it existed. Returns the validation scores before and after
+    (unweighted)."""
     params = audio_parameters(model) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     before = viseme_scores(model, head, val_clips, wav_of, labels_of, d) if val_clips else None
@@ -111,6 +123,9 @@ def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Ca
         if aug is not None and aug.any_audio:
             wav, _ = augment_audio(wav, aug, rng)
         y = labels_of(clip)
+        speed_rng = np.random.default_rng([seed, 29, d.rank, step])
+        if speed is not None and speed_rng.random() < speed[0]:
+            wav, y = sped_up(wav, y, clip.fps, float(speed_rng.uniform(*speed[1])))
         stream = None if phone_stream is None else \
             phone_stream(clip, len(wav), np.random.default_rng([seed, 31, d.rank, step]))
         masker = feature_masker(aug, np.random.default_rng([seed, 23, d.rank, step]))

@@ -112,6 +112,9 @@ class TrainSection:
     # (training/audio_pretrain.py; needs loss.phone > 0 and phone timings). Skipped on --resume.
     audio_pretrain_steps: int = 0
     audio_pretrain_lr: float = 5e-4
+    # The pre-training steps get [augment]'s speed perturbation too (speed_prob, speed), labels
+    # re-timed; joint training always has it, version 4's pre-training did not.
+    audio_pretrain_speed: bool = False
     audio_lr_scale: float = 1.0  # joint training: the audio path's (and viseme head's) lr multiplier
     # The decoder reads the latents as inference gives them: each clip's stretched to the model's
     # speech spread (backend/speech_spread.py), so it learns on the spread it will be given rather
