@@ -123,9 +123,10 @@ def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Ca
         if aug is not None and aug.any_audio:
             wav, _ = augment_audio(wav, aug, rng)
         y = labels_of(clip)
-        speed_rng = np.random.default_rng([seed, 29, d.rank, step])
-        if speed is not None and speed_rng.random() < speed[0]:
-            wav, y = sped_up(wav, y, clip.fps, float(speed_rng.uniform(*speed[1])))
+        if speed is not None:
+            speed_rng = np.random.default_rng([seed, 29, d.rank, step])
+            if speed_rng.random() < speed[0]:
+                wav, y = sped_up(wav, y, clip.fps, float(speed_rng.uniform(*speed[1])))
         stream = None if phone_stream is None else \
             phone_stream(clip, len(wav), np.random.default_rng([seed, 31, d.rank, step]))
         masker = feature_masker(aug, np.random.default_rng([seed, 23, d.rank, step]))
