@@ -113,7 +113,7 @@ class TrainSection:
     audio_pretrain_steps: int = 0
     audio_pretrain_lr: float = 5e-4
     # The pre-training steps get [augment]'s speed perturbation too (speed_prob, speed), labels
-    # re-timed; joint training always has it, version 4's pre-training did not.
+    # re-timed, as joint training applies it; version 4's pre-training had none.
     audio_pretrain_speed: bool = False
     audio_lr_scale: float = 1.0  # joint training: the audio path's (and viseme head's) lr multiplier
     # The decoder reads the latents as inference gives them: each clip's stretched to the model's
