@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.fft
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -193,10 +194,8 @@ def mel_filterbank(n_fft: int, n_mels: int, sr: int = SAMPLE_RATE, fmin: float =
 def lifter_matrix(n: int, keep: int) -> np.ndarray:
     """[n, n] projection of an n-bin log spectrum onto its first `keep` orthonormal DCT-II
     coefficients and back (cepstral liftering): a smoothed spectrum on the same bins."""
-    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
-    dct = np.sqrt(2.0 / n) * np.cos(np.pi * k * (2 * i + 1) / (2 * n))
-    dct[0] /= np.sqrt(2.0)
-    return (dct[:keep].T @ dct[:keep]).astype(np.float32)
+    dct = scipy.fft.dct(np.eye(n), norm="ortho", axis=0)[:keep]  # [keep, n]: row k, coefficient k
+    return (dct.T @ dct).astype(np.float32)
 
 
 class LogMelEncoder(AudioEncoder):

@@ -96,16 +96,16 @@ def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Ca
                    labels_of: Callable, *, steps: int, lr: float, grad_clip: float, aug, seed: int,
                    d, log, val_clips: Sequence = (), log_every: int = 250,
                    bilabial_weight: float = 1.0, phone_stream: Callable | None = None,
-                   speed: tuple | None = None) -> dict:
+                   speed: bool = False) -> dict:
     """Train the audio path and `head` on viseme cross-entropy for `steps` steps of one clip per
     rank (gradients averaged over the ranks, so the replicas stay identical). `wav_of(clip)` gives
     the 16 kHz waveform, `labels_of(clip)` the viseme class of every motion frame (-1 unknown).
     Audio augmentation and feature masking as in joint training; cosine decay from lr to lr/10;
     the PP frames weigh `bilabial_weight` (training.losses.phone_loss); `phone_stream(clip,
     n_samples, rng)` may give a feature transform that swaps in the generator's phones
-    (training.phone_stream_sim). `speed` = (probability, (low, high)): the clip sped up by a factor
-    drawn from [low, high] and its labels re-timed (`sped_up`); off by default, so runs without it
-    draw the same augmentations as before it existed. Returns the validation scores before and after
+    (training.phone_stream_sim). `speed`: `aug`'s speed perturbation too (speed_prob, speed), the
+    labels re-timed (`sped_up`); off by default, so runs without it draw the same augmentations as
+    before it existed. Returns the validation scores before and after
     (unweighted)."""
     params = audio_parameters(model) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=lr)
@@ -123,10 +123,10 @@ def pretrain_audio(model: ScanTalk, head: nn.Module, clips: Sequence, wav_of: Ca
         if aug is not None and aug.any_audio:
             wav, _ = augment_audio(wav, aug, rng)
         y = labels_of(clip)
-        if speed is not None:
+        if speed:
             speed_rng = np.random.default_rng([seed, 29, d.rank, step])
-            if speed_rng.random() < speed[0]:
-                wav, y = sped_up(wav, y, clip.fps, float(speed_rng.uniform(*speed[1])))
+            if speed_rng.random() < aug.speed_prob:
+                wav, y = sped_up(wav, y, clip.fps, float(speed_rng.uniform(*aug.speed)))
         stream = None if phone_stream is None else \
             phone_stream(clip, len(wav), np.random.default_rng([seed, 31, d.rank, step]))
         masker = feature_masker(aug, np.random.default_rng([seed, 23, d.rank, step]))

@@ -611,7 +611,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                        d=d, log=log, val_clips=[c for c in val_clips if c.name in phones],
                        bilabial_weight=cfg.loss.phone_bilabial_weight,
                        phone_stream=stream_of if cfg.augment.phones_from_labels_prob > 0 else None,
-                       speed=(cfg.augment.speed_prob, cfg.augment.speed) if tc.audio_pretrain_speed else None)
+                       speed=tc.audio_pretrain_speed)
     audio = set(map(id, audio_parameters(model)))
     main_params = [p for p in model.parameters() if p.requires_grad and id(p) not in audio]
     audio_params = audio_parameters(model) + ([] if phone_head is None else list(phone_head.parameters()))
